@@ -1,0 +1,275 @@
+"""The main job: analyse a slide end to end and write a report folder.
+
+At this stage a slide's analysis is: metadata, thumbnail, tissue mask, tile grid over the
+tissue, overlays, timings, and a self-contained ``report.html``. Later stages (tissue
+classes, mitoses, hotspot, grade, compression) add their results to the same folder.
+
+A report folder is written under a temporary name and renamed when complete, so an
+interrupted run never leaves a folder that looks finished.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .slide import open_slide, tissue_mask
+from .tiles import TileSpec, save_tile_table, tile_grid
+
+__all__ = ["AnalysisConfig", "analyze_slide", "analyze_slides", "write_cohort_table"]
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIZE = 1400
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Options of ``histoscope analyze`` (validated on creation)."""
+
+    tile_size: int = 256
+    mpp: float = 0.5
+    overlap: float = 0.0
+    min_tissue: float = 0.5
+    slide_mpp: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        TileSpec(size=self.tile_size, mpp=self.mpp, overlap=self.overlap)  # validates
+        if not 0 <= self.min_tissue <= 1:
+            raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
+        if self.slide_mpp is not None and not self.slide_mpp > 0:
+            raise ValueError(f"slide_mpp must be positive, got {self.slide_mpp}")
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = time.perf_counter() - t0
+
+
+def _histogram_png(values: np.ndarray, threshold: float) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.hist(values, bins=np.linspace(0, 1, 21), color="#3a6fd8", edgecolor="white")
+    ax.axvline(threshold, color="#d83a3a", linestyle="--", label=f"kept if >= {threshold:g}")
+    ax.set_xlabel("tissue fraction of tile")
+    ax.set_ylabel("tiles")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def analyze_slide(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    config: AnalysisConfig | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Analyse one slide and write ``<out_dir>/<slide name>/`` with ``report.html``.
+
+    Returns
+    -------
+    dict
+        A summary (also written as ``summary.json``): slide metadata, tile counts,
+        tissue fraction, timings and the report path.
+
+    Raises
+    ------
+    HistoscopeError
+        The slide cannot be read; nothing is left in ``out_dir`` for it.
+    """
+    from .report import draw_tiles, overlay_mask, write_report
+
+    config = config or AnalysisConfig()
+    timer = _Timer()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    warnings: list[str] = []
+    with timer.stage("open"):
+        slide = open_slide(source, mpp=config.slide_mpp)
+    with slide:
+        final = out_dir / slide.name
+        work = out_dir / f".{slide.name}.partial"
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir()
+        try:
+            with timer.stage("thumbnail"):
+                thumb = slide.thumbnail(THUMBNAIL_SIZE)
+            with timer.stage("tissue mask"):
+                mask = tissue_mask(slide)
+            if slide.mpp is not None:
+                spec = TileSpec(size=config.tile_size, mpp=config.mpp, overlap=config.overlap)
+            else:
+                spec = TileSpec(size=config.tile_size, mpp=None, downsample=1.0, overlap=config.overlap)
+                warnings.append(
+                    f"{slide.path}: the file does not record its resolution (microns per pixel). Tiles are "
+                    f"{config.tile_size} level-0 pixels, not {config.tile_size} px at {config.mpp} um/px. "
+                    "Rerun with --slide-mpp (e.g. 0.25 for 40x, 0.5 for 20x) for physical units."
+                )
+            with timer.stage("tile grid"):
+                grid = tile_grid(slide, spec, tissue=mask)
+                tiles = grid[grid["tissue"] >= config.min_tissue].reset_index(drop=True)
+                save_tile_table(tiles, work / "tiles.csv")
+            with timer.stage("overlays"):
+                tissue_img = overlay_mask(thumb, mask)
+                grid_img = draw_tiles(thumb, tiles, slide_dimensions=slide.dimensions)
+                hist = _histogram_png(grid["tissue"].to_numpy(), config.min_tissue)
+                from PIL import Image
+
+                Image.fromarray(thumb).save(work / "thumbnail.png")
+                Image.fromarray(tissue_img).save(work / "tissue-overlay.png")
+                Image.fromarray(grid_img).save(work / "tile-grid.png")
+                Image.fromarray(mask.to_image()).save(work / "tissue-mask.png")
+            info = slide.info()
+            mpp = slide.mpp
+            tissue_mm2 = (
+                mask.fraction * slide.dimensions[0] * slide.dimensions[1] * mpp[0] * mpp[1] / 1e6 if mpp else None
+            )
+            summary: dict[str, Any] = {
+                "slide": info,
+                "histoscope_version": __version__,
+                "config": config.__dict__,
+                "tissue_fraction": mask.fraction,
+                "tissue_area_mm2": tissue_mm2,
+                "tissue_mask_mpp": mask.mpp,
+                "tiles_in_grid": int(len(grid)),
+                "tissue_tiles": int(len(tiles)),
+                "tile_mpp": None if np.isnan(grid["mpp"].iloc[0]) else float(grid["mpp"].iloc[0]) if len(grid) else None,
+                "warnings": warnings,
+            }
+            with timer.stage("report"):
+                W, H = slide.dimensions
+                meta = {
+                    "file": slide.path,
+                    "backend": slide.backend,
+                    "dimensions (level 0)": f"{W:,} x {H:,} px",
+                    "levels": ", ".join(f"{w}x{h} (x{d:.3g})" for (w, h), d in zip(slide.level_dimensions, slide.level_downsamples)),
+                    "microns per pixel": "unknown" if mpp is None else f"{mpp[0]:.4g} x {mpp[1]:.4g} ({slide.mpp_source})",
+                    "objective power": slide.objective_power,
+                    "physical size": "unknown" if mpp is None else f"{W * mpp[0] / 1000:.2f} x {H * mpp[1] / 1000:.2f} mm",
+                    "associated images": ", ".join(info["associated_images"]) or "none",
+                }
+                tiles_rows = {
+                    "tile size": f"{spec.size} px",
+                    "tile resolution": "level-0 pixels" if spec.mpp is None else f"{summary['tile_mpp']:.4g} um/px (requested {spec.mpp})",
+                    "stride": f"{spec.stride_px:g} px (overlap {config.overlap:g})",
+                    "tiles in grid": len(grid),
+                    f"tiles with >= {config.min_tissue:.0%} tissue": len(tiles),
+                    "tissue fraction of slide": f"{mask.fraction:.1%}",
+                    "tissue area": "unknown" if tissue_mm2 is None else f"{tissue_mm2:.2f} mm²",
+                    "tissue mask resolution": "unknown" if mask.mpp is None else f"{mask.mpp:.3g} um/px",
+                }
+                timings = [(k, f"{v:.2f} s") for k, v in timer.stages.items() if k != "report"]
+                write_report(
+                    work / "report.html",
+                    title=f"histoscope report — {slide.name}",
+                    subtitle=f"{slide.path}",
+                    warnings=warnings,
+                    figures=[
+                        ("Thumbnail", thumb),
+                        ("Tissue mask (green) over the thumbnail", tissue_img),
+                        (f"Tile grid: {len(tiles)} tiles of {spec.size} px with >= {config.min_tissue:.0%} tissue", grid_img),
+                        ("Tissue fraction of every grid tile", hist),
+                    ],
+                    sections=[
+                        ("Slide metadata", meta, None),
+                        ("Tiles", tiles_rows, None),
+                        ("Timings", timings, ["stage", "time"]),
+                    ],
+                )
+            summary["timings_s"] = dict(timer.stages)
+            summary["report"] = str(final / "report.html")
+            (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    log.info("wrote %s", final / "report.html")
+    return summary
+
+
+def analyze_slides(
+    sources: list[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    config: AnalysisConfig | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    verbose: bool = True,
+):
+    """Analyse several slides as parallel Dask jobs; a failing slide does not stop the others.
+
+    Returns the list of :class:`~histoscope.distributed.JobResult` and writes the cohort
+    table ``<out_dir>/cohort.csv``.
+    """
+    from .distributed import run_jobs
+
+    results = run_jobs(
+        _analyze_job, sources, workers=workers, scheduler=scheduler, verbose=verbose, out_dir=str(out_dir), config=config
+    )
+    write_cohort_table(results, Path(out_dir) / "cohort.csv")
+    return results
+
+
+def _analyze_job(source: str, *, out_dir: str, config: AnalysisConfig | None) -> dict[str, Any]:
+    return analyze_slide(source, out_dir, config=config, verbose=False)
+
+
+def write_cohort_table(results, path: Path) -> Path:
+    """One row per slide: status, tissue, tile counts, timings, error."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {"slide": str(r.item), "status": "ok" if r.ok else "failed", "seconds": round(r.seconds, 3)}
+        if r.ok:
+            v = r.value
+            row.update(
+                name=v["slide"]["name"],
+                width=v["slide"]["dimensions"][0],
+                height=v["slide"]["dimensions"][1],
+                mpp=None if v["slide"]["mpp"] is None else v["slide"]["mpp"][0],
+                tissue_fraction=round(v["tissue_fraction"], 4),
+                tissue_tiles=v["tissue_tiles"],
+                report=v["report"],
+                error="",
+            )
+        else:
+            row["error"] = r.error
+        rows.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+

@@ -1,0 +1,1 @@
+"""The ``histoscope`` command line: one module per subcommand, heavy imports inside commands."""

@@ -1,0 +1,52 @@
+"""Entry point of the ``histoscope`` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .._version import __version__
+from ..exceptions import HistoscopeError
+
+
+class _Group(click.Group):
+    """Turns histoscope's own errors into one clear line and exit status 2 (no traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HistoscopeError as exc:
+            click.echo(f"histoscope: error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="histoscope")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """histoscope: deep learning on H&E histopathology slides."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from .analyze import analyze
+    from .info import info
+    from .tile import tile
+
+    cli.add_command(info)
+    cli.add_command(tile)
+    cli.add_command(analyze)
+
+
+_register()
+
+
+def main() -> None:  # console-script entry point
+    cli()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1042 @@
+"""Synthetic H&E whole-slide images.
+
+:func:`synthetic_slide` writes a pyramidal, tiled, JPEG-compressed BigTIFF that
+OpenSlide opens as ``generic-tiff``.  The content is drawn procedurally: every
+pixel of every pyramid level is a deterministic function of its level-0
+coordinates and of ``seed`` (hash-based lattice value noise, objects defined per
+cell from a hash of the cell index), so tiles can be drawn independently, in any
+order, at any downsample, and memory stays bounded whatever the slide size.
+
+Colour is composed physically, in optical-density space, from haematoxylin and
+eosin concentrations (Beer-Lambert): ``OD = c_H * h + c_E * e`` and
+``RGB = 255 * 10 ** -OD``.
+
+:func:`demo_slide` returns the bundled demo slide (generated once, then cached).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import imagecodecs
+import numpy as np
+import tifffile
+
+from .._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterator, Sequence
+
+    import pandas as pd
+
+__all__ = ["SyntheticSlideInfo", "demo_slide", "synthetic_slide"]
+
+# Ruifrok & Johnston (2001) optical-density vectors of haematoxylin and eosin,
+# normalised to unit length.  ``histoscope.stain`` holds the canonical stain
+# matrix; this private copy keeps the generator free of intra-package imports.
+_H_OD = np.array([0.65, 0.70, 0.29]) / np.linalg.norm([0.65, 0.70, 0.29])
+_E_OD = np.array([0.07, 0.99, 0.11]) / np.linalg.norm([0.07, 0.99, 0.11])
+
+_GLASS_RGB = np.array([243.0, 242.0, 245.0])  # bright-field background
+_GLASS_OD = -np.log10(_GLASS_RGB / 255.0)
+_LN10 = math.log(10.0)
+
+_THUMB_MAX = 1024  # pyramid stops once the longer side is <= this
+_TEX_PERIOD = 512  # period (level-0 px) of the fine periodic textures
+
+# Nuclei are drawn one by one while a level pixel is at most this many microns;
+# at coarser levels their expected optical density is drawn instead.
+_NUCLEI_MAX_PIXEL_UM = 4.0
+_NUC_CELL_UM = 16.0  # nuclei candidates live on a grid of cells of this size
+_NUC_PER_CELL = 8  # candidates per cell (upper bound on the local density)
+_NUC_MARGIN_UM = 5.0  # largest nucleus semi-axis
+_MITOSIS_MARGIN_UM = 8.0  # largest distance of a mitotic figure part from its centre
+
+# Nucleus types: (long axis range um, aspect range, haematoxylin range, density /um^2)
+_NUC_STROMA = ((6.5, 8.0), (0.28, 0.45), (0.55, 0.85), 1.0 / 420.0)
+_NUC_TUMOUR = ((6.0, 8.0), (0.62, 0.95), (0.60, 1.10), 1.0 / 85.0)
+_NUC_LYMPH = ((5.0, 5.8), (0.85, 1.00), (1.05, 1.40), 1.0 / 42.0)
+_NUC_TYPES = (_NUC_STROMA, _NUC_TUMOUR, _NUC_LYMPH)
+_RIM_MEAN = 0.925  # mean of the nuclear rim profile 0.75 + 0.35 * q^2 over an ellipse
+
+_DEMO = {"width": 12000, "height": 9000, "mpp": 0.5, "seed": 0}
+
+# 64-bit hashing (splitmix64 finaliser) for the lattice values and objects.
+_K1 = np.uint64(0x9E3779B97F4A7C15)
+_K2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_K3 = np.uint64(0x165667B19E3779F9)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_S21, _S42, _S40 = np.uint64(21), np.uint64(42), np.uint64(40)
+_MASK21 = np.uint64((1 << 21) - 1)
+
+
+# --------------------------------------------------------------------------- #
+# public API
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticSlideInfo:
+    """Description of a synthetic slide written by :func:`synthetic_slide`.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The slide file.
+    width, height : int
+        Level-0 size in pixels.
+    mpp : float
+        Microns per pixel at level 0.
+    levels : list of tuple of int
+        ``(width, height)`` of every pyramid level, level 0 first.
+    mitoses : numpy.ndarray
+        ``(N, 2)`` float array of the level-0 ``(x, y)`` centres of the planted
+        mitosis-like figures.
+    seed : int
+        The seed the slide was drawn from.
+    """
+
+    path: Path
+    width: int
+    height: int
+    mpp: float
+    levels: list[tuple[int, int]]
+    mitoses: np.ndarray
+    seed: int
+
+    def mitoses_frame(self) -> pd.DataFrame:
+        """Return the planted mitoses as a table.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per mitosis, columns ``x`` and ``y`` (level-0 pixels).
+        """
+        import pandas as pd
+
+        m = np.asarray(self.mitoses, dtype=float).reshape(-1, 2)
+        return pd.DataFrame({"x": m[:, 0], "y": m[:, 1]})
+
+    def _to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "width": self.width,
+            "height": self.height,
+            "mpp": self.mpp,
+            "levels": [list(lv) for lv in self.levels],
+            "mitoses": np.asarray(self.mitoses, dtype=float).tolist(),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def _from_json(cls, d: dict[str, Any], path: Path) -> SyntheticSlideInfo:
+        mit = np.asarray(d["mitoses"], dtype=float).reshape(-1, 2)
+        return cls(
+            path=path,
+            width=int(d["width"]),
+            height=int(d["height"]),
+            mpp=float(d["mpp"]),
+            levels=[(int(w), int(h)) for w, h in d["levels"]],
+            mitoses=mit,
+            seed=int(d["seed"]),
+        )
+
+
+def synthetic_slide(
+    path: str | os.PathLike[str],
+    *,
+    width: int = 12000,
+    height: int = 9000,
+    mpp: float = 0.5,
+    tile: int = 256,
+    seed: int = 0,
+    n_mitoses: int = 20,
+    tissue_fraction: float = 0.45,
+    jpeg_quality: int = 85,
+    verbose: bool = True,
+) -> SyntheticSlideInfo:
+    """Write a synthetic H&E whole-slide image.
+
+    The file is a pyramidal BigTIFF: every level is a tiled (``tile`` x
+    ``tile``), JPEG-compressed RGB page, each half the size of the previous one,
+    down to a level whose longer side is at most 1024 px.  Levels are stored as
+    successive pages (not SubIFDs), so OpenSlide reads it as ``generic-tiff``;
+    level 0 carries the resolution in pixels per centimetre, from which readers
+    recover ``mpp``.  Tiles are drawn and written one at a time, so memory stays
+    bounded for any slide size.
+
+    The content: glass background, a few irregular tissue pieces covering about
+    ``tissue_fraction`` of the slide, fibrous eosinophilic stroma with spindle
+    nuclei, nests of densely packed tumour nuclei, lymphoid aggregates, lumina,
+    and ``n_mitoses`` dark, ragged mitosis-like figures at known positions.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Where to write the slide.  Its parent directory must exist.  The file is
+        written under a temporary name beside it and renamed at the end, so an
+        interrupted run never leaves a partial slide under ``path``.
+    width, height : int, optional
+        Level-0 size in pixels.
+    mpp : float, optional
+        Microns per pixel at level 0.
+    tile : int, optional
+        Tile edge in pixels; a positive multiple of 16.
+    seed : int, optional
+        Non-negative seed.  The same arguments give a byte-identical file.
+    n_mitoses : int, optional
+        Number of planted mitosis-like figures (>= 0).
+    tissue_fraction : float, optional
+        Approximate fraction of the slide covered by tissue, in (0, 1).
+    jpeg_quality : int, optional
+        JPEG quality, 1 to 100.
+    verbose : bool, optional
+        Show a progress bar over tiles.
+
+    Returns
+    -------
+    SyntheticSlideInfo
+        Path, size, mpp, level sizes, the level-0 centres of the mitoses and
+        the seed.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range, or the tissue is too small to hold
+        ``n_mitoses`` figures.
+    TypeError
+        If an argument has the wrong type.
+    FileNotFoundError
+        If the parent directory of ``path`` does not exist.
+    IsADirectoryError
+        If ``path`` is a directory.
+    """
+    width = _check_int("width", width, minimum=1)
+    height = _check_int("height", height, minimum=1)
+    tile = _check_int("tile", tile, minimum=16)
+    if tile % 16:
+        raise ValueError(f"tile must be a positive multiple of 16, got {tile!r}")
+    seed = _check_int("seed", seed, minimum=0)
+    n_mitoses = _check_int("n_mitoses", n_mitoses, minimum=0)
+    jpeg_quality = _check_int("jpeg_quality", jpeg_quality, minimum=1)
+    if jpeg_quality > 100:
+        raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality!r}")
+    mpp = _check_real("mpp", mpp)
+    if not mpp > 0:
+        raise ValueError(f"mpp must be a finite number > 0, got {mpp!r}")
+    tissue_fraction = _check_real("tissue_fraction", tissue_fraction)
+    if not 0.0 < tissue_fraction < 1.0:
+        raise ValueError(
+            f"tissue_fraction must be in the open interval (0, 1), got {tissue_fraction!r}"
+        )
+    path = Path(os.fspath(path)).expanduser()
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(
+            f"parent directory of the slide path does not exist: {str(parent)!r}"
+        )
+    if path.is_dir():
+        raise IsADirectoryError(f"slide path is a directory: {str(path)!r}")
+
+    model = _SlideModel(width, height, mpp, seed, tissue_fraction, n_mitoses)
+    levels = _level_dims(width, height)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
+    os.close(fd)
+    try:
+        _write_tiff(tmp, model, levels, tile, jpeg_quality, verbose)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return SyntheticSlideInfo(
+        path=path,
+        width=width,
+        height=height,
+        mpp=mpp,
+        levels=levels,
+        mitoses=model.mitoses.copy(),
+        seed=seed,
+    )
+
+
+def demo_slide(
+    cache_dir: str | os.PathLike[str] | None = None, *, verbose: bool = True
+) -> SyntheticSlideInfo:
+    """Return the bundled demo slide, generating it on first use.
+
+    The demo slide is ``synthetic_slide(width=12000, height=9000, mpp=0.5,
+    seed=0)`` with the other arguments at their defaults.  It is written once
+    into ``cache_dir`` under a name that holds the package version and the
+    parameters, next to a small JSON sidecar holding the returned information,
+    and reused on later calls.
+
+    Parameters
+    ----------
+    cache_dir : str or os.PathLike, optional
+        Cache directory, created if needed.  Default: ``$HISTOSCOPE_CACHE`` if
+        set, else ``~/.cache/histoscope``.
+    verbose : bool, optional
+        Show a progress bar if the slide has to be generated.
+
+    Returns
+    -------
+    SyntheticSlideInfo
+        Information on the cached demo slide.
+
+    Raises
+    ------
+    OSError
+        If the cache directory cannot be created or written.
+    """
+    if cache_dir is None:
+        env = os.environ.get("HISTOSCOPE_CACHE")
+        cache_dir = env if env else Path.home() / ".cache" / "histoscope"
+    cache = Path(os.fspath(cache_dir)).expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    params = dict(_DEMO, tile=256, n_mitoses=20, tissue_fraction=0.45, jpeg_quality=85)
+    stem = (
+        f"histoscope-{__version__}-demo-{params['width']}x{params['height']}"
+        f"-mpp{params['mpp']:g}-seed{params['seed']}-tile{params['tile']}"
+        f"-mit{params['n_mitoses']}-tf{params['tissue_fraction']:g}-q{params['jpeg_quality']}"
+    )
+    slide_path = cache / f"{stem}.tiff"
+    sidecar = cache / f"{stem}.json"
+    if slide_path.is_file() and sidecar.is_file():
+        try:
+            d = json.loads(sidecar.read_text(encoding="utf-8"))
+            if d.get("params") == params and d.get("version") == __version__:
+                return SyntheticSlideInfo._from_json(d["info"], slide_path)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable sidecar: regenerate
+    info = synthetic_slide(slide_path, verbose=verbose, **params)
+    payload = {"version": __version__, "params": params, "info": info._to_json()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".part", dir=cache)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh)
+        os.replace(tmp, sidecar)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return info
+
+
+# --------------------------------------------------------------------------- #
+# argument checks
+# --------------------------------------------------------------------------- #
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def _check_real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- #
+# writing
+# --------------------------------------------------------------------------- #
+
+
+def _level_dims(width: int, height: int) -> list[tuple[int, int]]:
+    dims = [(width, height)]
+    while max(dims[-1]) > _THUMB_MAX:
+        w, h = dims[-1]
+        dims.append(((w + 1) // 2, (h + 1) // 2))
+    return dims
+
+
+def _write_tiff(
+    path: str,
+    model: _SlideModel,
+    levels: Sequence[tuple[int, int]],
+    tile: int,
+    quality: int,
+    verbose: bool,
+) -> None:
+    from tqdm.auto import tqdm
+
+    width, height = levels[0]
+    counts = [(-(-w // tile)) * (-(-h // tile)) for w, h in levels]
+    jpeg_args = {"level": quality, "subsampling": (2, 2), "colorspace": "RGB", "outcolorspace": "YCBCR"}
+    bar = tqdm(total=sum(counts), unit="tile", desc="synthetic slide", disable=not verbose)
+    try:
+        with tifffile.TiffWriter(path, bigtiff=True) as tw:
+            for k, (w, h) in enumerate(levels):
+                ds = 1 << k
+
+                def tiles(w: int = w, h: int = h, ds: int = ds) -> Iterator[bytes]:
+                    cache: dict[tuple[int, int], bytes] = {}
+                    for ty in range(0, h, tile):
+                        for tx in range(0, w, tile):
+                            arr = model.render_tile(tx * ds, ty * ds, tile, tile, ds)
+                            if arr is None:  # glass only: reuse the encoded tile
+                                key = model.glass_key(tx * ds, ty * ds, ds)
+                                data = cache.get(key)
+                                if data is None:
+                                    glass = model.glass(tx * ds, ty * ds, tile, tile, ds)
+                                    data = bytes(imagecodecs.jpeg_encode(glass, **jpeg_args))
+                                    cache[key] = data
+                            else:
+                                data = bytes(imagecodecs.jpeg_encode(arr, **jpeg_args))
+                            bar.update(1)
+                            yield data
+
+                common: dict[str, Any] = {
+                    "shape": (h, w, 3),
+                    "dtype": "uint8",
+                    "photometric": "rgb",
+                    "tile": (tile, tile),
+                    "compression": "jpeg",
+                    "compressionargs": {"level": quality},
+                    "subsampling": (2, 2),
+                    "resolution": (1e4 / model.mpp * w / width, 1e4 / model.mpp * h / height),
+                    "resolutionunit": "CENTIMETER",
+                    "metadata": None,
+                }
+                if k == 0:
+                    desc = (
+                        f"histoscope synthetic H&E slide |seed={model.seed}"
+                        f"|mpp={model.mpp:g}|version={__version__}"
+                    )
+                    tw.write(tiles(), description=desc, software="histoscope", **common)
+                else:
+                    tw.write(tiles(), subfiletype=1, software=False, **common)
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------- #
+# hashing and value noise
+# --------------------------------------------------------------------------- #
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> _S30)
+    h = h * _M1
+    h = h ^ (h >> _S27)
+    h = h * _M2
+    return h ^ (h >> _S31)
+
+
+def _hash2(ix: np.ndarray, iy: np.ndarray, salt: np.uint64) -> np.ndarray:
+    a = np.asarray(ix, dtype=np.int64).astype(np.uint64) * _K1
+    b = np.asarray(iy, dtype=np.int64).astype(np.uint64) * _K2
+    return _mix64((a ^ b) ^ salt)
+
+
+def _hash3(ix: np.ndarray, iy: np.ndarray, k: np.ndarray, salt: np.uint64) -> np.ndarray:
+    h = _hash2(ix, iy, salt)
+    return _mix64(h + np.asarray(k, dtype=np.int64).astype(np.uint64) * _K3)
+
+
+def _unit(h: np.ndarray, shift: np.uint64 = _S40) -> np.ndarray:
+    """24 bits of ``h`` (from bit ``shift``) as float32 in [0, 1)."""
+    return ((h >> shift) & np.uint64(0xFFFFFF)).astype(np.float32) * np.float32(1.0 / (1 << 24))
+
+
+def _smooth(t: np.ndarray) -> np.ndarray:
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _fade(cell: float, ds: float) -> float:
+    """Weight of a noise octave of lattice spacing ``cell`` drawn at downsample ``ds``."""
+    return min(max(cell / ds - 1.0, 0.0), 1.0)
+
+
+# An octave: (salt, lattice spacing in level-0 px, amplitude)
+_Spec = tuple[np.uint64, float, float]
+
+
+def _axis(coords: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
+    u = coords / cell
+    i0 = np.floor(u)
+    s = _smooth(u - i0).astype(np.float32)
+    return i0.astype(np.int64), s
+
+
+def _noise_grid(specs: Sequence[_Spec], xs: np.ndarray, ys: np.ndarray, ds: float) -> np.ndarray:
+    """fBm value noise on the grid ``ys x xs`` (increasing level-0 coordinates).
+
+    Each octave is lattice values interpolated along x (small array), then
+    along y by a sparse weight matrix; all octaves are summed by one matrix
+    product.
+    """
+    wys, bs = [], []
+    ny, nx = len(ys), len(xs)
+    rows = np.arange(ny)
+    for salt, cell, amp in specs:
+        f = _fade(cell, ds)
+        if f <= 0.0:
+            continue
+        ix, sx = _axis(xs, cell)
+        iy, sy = _axis(ys, cell)
+        i0, j0 = int(ix[0]), int(iy[0])
+        ni, nj = int(ix[-1]) - i0 + 2, int(iy[-1]) - j0 + 2
+        lat = _hash2(np.arange(i0, i0 + ni)[None, :], np.arange(j0, j0 + nj)[:, None], salt)
+        lat = _unit(lat) * np.float32(2.0 * amp * f) - np.float32(amp * f)
+        ci = ix - i0
+        b = lat[:, ci] * (1.0 - sx) + lat[:, ci + 1] * sx
+        cj = iy - j0
+        wy = np.zeros((ny, nj), np.float32)
+        wy[rows, cj] = 1.0 - sy
+        wy[rows, cj + 1] = sy
+        wys.append(wy)
+        bs.append(b)
+    if not bs:
+        return np.zeros((ny, nx), np.float32)
+    if len(bs) == 1:
+        return wys[0] @ bs[0]
+    return np.hstack(wys) @ np.vstack(bs)
+
+
+def _noise_points(specs: Sequence[_Spec], x: np.ndarray, y: np.ndarray, ds: float) -> np.ndarray:
+    """The same fBm as :func:`_noise_grid`, at arbitrary points."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    out = np.zeros(x.shape, np.float32)
+    for salt, cell, amp in specs:
+        f = _fade(cell, ds)
+        if f <= 0.0:
+            continue
+        ix, sx = _axis(x, cell)
+        iy, sy = _axis(y, cell)
+
+        def lat(i: np.ndarray, j: np.ndarray, salt: np.uint64 = salt) -> np.ndarray:
+            return _unit(_hash2(i, j, salt)) * np.float32(2.0) - np.float32(1.0)
+
+        top = lat(ix, iy) * (1.0 - sx) + lat(ix + 1, iy) * sx
+        bot = lat(ix, iy + 1) * (1.0 - sx) + lat(ix + 1, iy + 1) * sx
+        out += np.float32(amp * f) * (top * (1.0 - sy) + bot * sy)
+    return out
+
+
+def _bound(specs: Sequence[_Spec], ds: float) -> tuple[float, float]:
+    """(max |value|, Lipschitz bound per px and axis) of an fBm field."""
+    amax = sum(a * _fade(c, ds) for _, c, a in specs)
+    lip = sum(3.0 * a * _fade(c, ds) / c for _, c, a in specs)
+    return amax, lip
+
+
+def _clip01(a: np.ndarray) -> np.ndarray:
+    return np.clip(a, 0.0, 1.0, out=a)
+
+
+# --------------------------------------------------------------------------- #
+# the procedural slide
+# --------------------------------------------------------------------------- #
+
+
+class _SlideModel:
+    """Deterministic procedural H&E slide; draws any region at any downsample.
+
+    Coordinates are level-0 pixels; ``render(x0, y0, w, h, ds)`` returns the
+    ``h x w`` RGB image whose pixel ``(i, j)`` covers level-0 pixels
+    ``[x0 + j*ds, x0 + (j+1)*ds) x [y0 + i*ds, y0 + (i+1)*ds)``.
+    """
+
+    def __init__(
+        self, width: int, height: int, mpp: float, seed: int, tissue_fraction: float, n_mitoses: int
+    ) -> None:
+        self.width, self.height, self.mpp, self.seed = width, height, mpp, seed
+        ss = np.random.SeedSequence(seed)
+        s_salt, s_tex, s_mit, s_misc = ss.spawn(4)
+        salts = iter(np.random.default_rng(s_salt).integers(0, 2**63, size=64, dtype=np.uint64))
+        um = 1.0 / mpp  # level-0 px per micron
+
+        def spec(*octaves: tuple[float, float]) -> list[_Spec]:
+            return [(next(salts), float(c), float(a)) for c, a in octaves]
+
+        size = float(max(width, height))
+        self.size = size
+        # tissue pieces: slide-relative scales
+        self.t_specs = spec((size / 2.2, 1.0), (size / 4.4, 0.5), (size / 8.8, 0.25), (size / 17.6, 0.125))
+        # ragged outline: absolute scales, in px of normal displacement
+        rag = [(250.0, 60.0), (70.0, 20.0), (20.0, 6.0)]
+        total = sum(a for _, a in rag) * um
+        scale = min(1.0, 0.03 * size / total)
+        self.rag_specs = spec(*[(c * um, a * um * scale) for c, a in rag])
+        self.zone_specs = spec((1800 * um, 1.0), (800 * um, 0.5))
+        self.nest_specs = spec((110 * um, 1.0), (45 * um, 0.45), (18 * um, 0.15))
+        self.lymph_specs = spec((450 * um, 1.0), (150 * um, 0.45))
+        self.lumen_specs = spec((200 * um, 1.0), (70 * um, 0.5), (22 * um, 0.2))
+        self.stain_specs = spec((500 * um, 1.0), (130 * um, 0.5))
+        self.eos_specs = spec((60 * um, 1.0), (20 * um, 0.5))
+        self.warpx_specs = spec((45 * um, 7.0 * um), (14 * um, 2.0 * um))
+        self.warpy_specs = spec((45 * um, 7.0 * um), (14 * um, 2.0 * um))
+        self.blend_specs = spec((350 * um, 1.0))
+        self.nuc_salt = next(salts)
+        self.nuc_salt2 = next(salts)
+        self.nuc_salt3 = next(salts)
+
+        misc = np.random.default_rng(s_misc)
+        self.fib_theta = misc.uniform(0, np.pi, size=2)
+        self.fib_theta[1] = self.fib_theta[0] + misc.uniform(0.35, 0.65) * np.pi
+        self.fib_lambda = 8.0 * um  # collagen banding wavelength
+        self.edge_w = max(1.5 * um, 1.0)  # tissue edge blur (px)
+
+        # tissue threshold from a coarse map of the whole slide
+        n = 256
+        gx = (np.arange(n) + 0.5) * (width / n)
+        gy = (np.arange(max(8, round(n * height / width))) + 0.5) * (height / max(8, round(n * height / width)))
+        tmap = self._tissue_coarse_grid(gx, gy, 1.0).astype(np.float64)
+        self.thr = float(np.quantile(tmap, 1.0 - tissue_fraction))
+        gyy, gxx = np.gradient(tmap, gy, gx)
+        grad = np.hypot(gxx, gyy)
+        band = np.abs(tmap - self.thr)
+        sel = band <= np.quantile(band, 0.05)
+        g = float(np.median(grad[sel])) if sel.any() else float(np.median(grad))
+        self.grad = max(g, 1e-9)
+
+        self.tex = _make_textures(np.random.default_rng(s_tex), mpp)
+        self._tex_pyr: dict[int, np.ndarray] = {1: self.tex}
+
+        self._nuc_mass = []
+        for (l0, l1), (r0, r1), (c0, c1), _rho in _NUC_TYPES:
+            ea2 = (l0 * l0 + l0 * l1 + l1 * l1) / 12.0 / 4.0  # E[(L/2)^2] in um^2
+            area = math.pi * ea2 * (r0 + r1) / 2.0
+            self._nuc_mass.append((area, area * (c0 + c1) / 2.0 * _RIM_MEAN))
+
+        self._init_mitoses(np.random.default_rng(s_mit), n_mitoses)
+
+    # ---------------------------------------------------------------- fields
+    def _penalty_grid(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        m = 0.06 * self.size
+        ex = np.minimum(xs, self.width - xs)
+        ey = np.minimum(ys, self.height - ys)
+        e = np.minimum(ey[:, None], ex[None, :]).astype(np.float32)
+        p = _clip01((np.float32(m) - e) / np.float32(m))
+        return np.float32(3.0) * p * p
+
+    def _tissue_coarse_grid(self, xs: np.ndarray, ys: np.ndarray, ds: float) -> np.ndarray:
+        return _noise_grid(self.t_specs, xs, ys, ds) - self._penalty_grid(xs, ys)
+
+    def _tissue_points(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        m = 0.06 * self.size
+        e = np.minimum(np.minimum(x, self.width - x), np.minimum(y, self.height - y))
+        p = np.clip((m - e) / m, 0.0, 1.0)
+        t = _noise_points(self.t_specs, x, y, 1.0) - 3.0 * p * p
+        return t + self.grad * _noise_points(self.rag_specs, x, y, 1.0)
+
+    def _regions(self, zone: np.ndarray, nest: np.ndarray, lymph: np.ndarray, lumen: np.ndarray):
+        """Tumour-nest weight, lymphoid weight and lumen (white space) weight."""
+        zw = _clip01((zone + np.float32(0.02)) / np.float32(0.25))
+        tw = zw * _clip01((nest - np.float32(0.02)) / np.float32(0.07) + np.float32(0.5))
+        lw = _clip01((lymph - np.float32(0.5)) / np.float32(0.08)) * (np.float32(1.0) - zw)
+        lu = _clip01((lumen - np.float32(0.55)) / np.float32(0.05))
+        return tw, lw, lu
+
+    def _density_grid(self, xs: np.ndarray, ys: np.ndarray, ds: float) -> list[np.ndarray]:
+        """Nucleus densities (per um^2) of the three types on a grid."""
+        t = self._tissue_coarse_grid(xs, ys, ds) + np.float32(self.grad) * _noise_grid(
+            self.rag_specs[:2], xs, ys, ds
+        )
+        inside = _clip01((t - np.float32(self.thr)) / np.float32(self.grad * 4.0 / self.mpp) + np.float32(0.5))
+        tw, lw, lu = self._regions(
+            _noise_grid(self.zone_specs, xs, ys, ds),
+            _noise_grid(self.nest_specs, xs, ys, ds),
+            _noise_grid(self.lymph_specs, xs, ys, ds),
+            _noise_grid(self.lumen_specs, xs, ys, ds),
+        )
+        ok = inside * (np.float32(1.0) - lu)
+        lw = lw * (np.float32(1.0) - tw)
+        sw = _clip01(np.float32(1.0) - tw - lw)
+        return [ok * sw * np.float32(_NUC_STROMA[3]), ok * tw * np.float32(_NUC_TUMOUR[3]), ok * lw * np.float32(_NUC_LYMPH[3])]
+
+    # ---------------------------------------------------------------- textures
+    def _texture(self, ds: int) -> np.ndarray:
+        t = self._tex_pyr.get(ds)
+        if t is None:
+            prev = self._texture(ds // 2)
+            c, p, _ = prev.shape
+            if p >= 2:
+                t = prev.reshape(c, p // 2, 2, p // 2, 2).mean(axis=(2, 4))
+            else:
+                t = prev
+            self._tex_pyr[ds] = t
+        return t
+
+    def _tex_sample(self, ch: int, x0: float, y0: float, w: int, h: int, ds: int) -> np.ndarray:
+        t = self._texture(ds)[ch]
+        p = t.shape[0]
+        cols = (int(x0 // ds) + np.arange(w)) % p
+        rows = (int(y0 // ds) + np.arange(h)) % p
+        return t[np.ix_(rows, cols)]
+
+    def glass_key(self, x0: float, y0: float, ds: int) -> tuple[int, int, int]:
+        """Key of the glass pattern at a region origin (same key, same glass tile)."""
+        p = self._texture(ds).shape[1]
+        return (int(x0 // ds) % p, int(y0 // ds) % p, ds)
+
+    def glass(self, x0: float, y0: float, w: int, h: int, ds: int) -> np.ndarray:
+        """The glass-only (no tissue) image of a region."""
+        noise = self._tex_sample(3, x0, y0, w, h, ds) * np.float32(0.6)
+        out = np.empty((h, w, 3), np.uint8)
+        for ch in range(3):
+            out[:, :, ch] = np.rint(np.clip(noise + np.float32(_GLASS_RGB[ch]), 0, 255))
+        return out
+
+    # ---------------------------------------------------------------- mitoses
+    def _init_mitoses(self, rng: np.random.Generator, n: int) -> None:
+        um = 1.0 / self.mpp
+        centres: list[tuple[float, float]] = []
+        if n > 0:
+            margin = (_MITOSIS_MARGIN_UM + 20.0) * um
+            need_inside = self.grad * 15.0 * um
+            min_dist2 = (40.0 * um) ** 2
+            lo_x, hi_x = margin, self.width - margin
+            lo_y, hi_y = margin, self.height - margin
+            if hi_x > lo_x and hi_y > lo_y:
+                for _ in range(200):
+                    x = rng.uniform(lo_x, hi_x, 2048)
+                    y = rng.uniform(lo_y, hi_y, 2048)
+                    keep = rng.uniform(size=2048)
+                    t = self._tissue_points(x, y)
+                    ok = t - self.thr >= need_inside
+                    zone = _noise_points(self.zone_specs, x, y, 1.0)
+                    nest = _noise_points(self.nest_specs, x, y, 1.0)
+                    lymph = _noise_points(self.lymph_specs, x, y, 1.0)
+                    lumen = _noise_points(self.lumen_specs, x, y, 1.0)
+                    tw, _lw, _lu = self._regions(zone, nest, lymph, lumen)
+                    ok &= lumen < 0.45
+                    ok &= keep < np.where(tw > 0.5, 1.0, 0.2)
+                    for xi, yi in zip(x[ok], y[ok], strict=True):
+                        if all((xi - a) ** 2 + (yi - b) ** 2 >= min_dist2 for a, b in centres):
+                            centres.append((float(xi), float(yi)))
+                            if len(centres) == n:
+                                break
+                    if len(centres) == n:
+                        break
+            if len(centres) < n:
+                raise ValueError(
+                    f"could not place n_mitoses={n} mitotic figures inside the tissue "
+                    f"(placed {len(centres)}); use a larger slide, a larger "
+                    f"tissue_fraction or fewer mitoses"
+                )
+        self.mitoses = np.array(centres, dtype=np.float64).reshape(-1, 2)
+        # parts: x, y, a, b, theta, c_H (level-0 px)
+        parts: list[tuple[float, ...]] = []
+        halos: list[tuple[float, ...]] = []
+        for cx, cy in self.mitoses:
+            extent = rng.uniform(8.0, 12.0)  # um
+            phi = rng.uniform(0, np.pi)
+            c, s = math.cos(phi), math.sin(phi)
+            half = extent / 2.0
+            if rng.uniform() < 0.6:  # metaphase plate: dark bar with spiky chromosome arms
+                core_b = rng.uniform(1.2, 1.7)
+                parts.append((cx, cy, (half - 1.0) * um, core_b * um, phi, rng.uniform(1.3, 1.6)))
+                for _ in range(int(rng.integers(12, 18))):
+                    t = rng.uniform(-half + 1.2, half - 1.2)
+                    o = rng.normal(0.0, 0.7)
+                    ang = phi + np.pi / 2 + rng.normal(0.0, 0.5)
+                    la = rng.uniform(0.9, 1.6)
+                    px, py = cx + (t * c - o * s) * um, cy + (t * s + o * c) * um
+                    parts.append((px, py, la * um, rng.uniform(0.35, 0.6) * um, ang, rng.uniform(1.4, 2.2)))
+            else:  # prometaphase clump: irregular knot with radiating arms
+                for _ in range(int(rng.integers(3, 6))):
+                    r = rng.uniform(0.0, half - 3.0)
+                    a = rng.uniform(0, 2 * np.pi)
+                    parts.append((
+                        cx + r * math.cos(a) * um, cy + r * math.sin(a) * um,
+                        rng.uniform(2.0, 3.0) * um, rng.uniform(1.5, 2.4) * um,
+                        rng.uniform(0, np.pi), rng.uniform(1.2, 1.5),
+                    ))
+                for _ in range(int(rng.integers(12, 20))):
+                    a = rng.uniform(0, 2 * np.pi)
+                    r = rng.uniform(half - 3.5, half - 1.4)
+                    la = rng.uniform(0.9, 1.5)
+                    parts.append((
+                        cx + r * math.cos(a) * um, cy + r * math.sin(a) * um,
+                        la * um, rng.uniform(0.35, 0.6) * um,
+                        a + rng.normal(0.0, 0.4), rng.uniform(1.4, 2.2),
+                    ))
+            hr = (half + 3.0) * um
+            halos.append((cx, cy, hr, hr * rng.uniform(0.8, 1.0), phi, 1.0))
+        self._mit_parts = np.array(parts, dtype=np.float64).reshape(-1, 6)
+        self._mit_halos = np.array(halos, dtype=np.float64).reshape(-1, 6)
+
+    # ---------------------------------------------------------------- nuclei
+    def _nuclei(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        """Nuclei whose centres lie in ``[x0, x1) x [y0, y1)``: rows x, y, a, b, theta, c_H."""
+        um = 1.0 / self.mpp
+        cell = _NUC_CELL_UM * um
+        cx0, cx1 = math.floor(x0 / cell), math.floor(x1 / cell)
+        cy0, cy1 = math.floor(y0 / cell), math.floor(y1 / cell)
+        ncx, ncy = cx1 - cx0 + 1, cy1 - cy0 + 1
+        # densities at the cell corners, interpolated inside each cell
+        xs = np.arange(cx0, cx1 + 2) * cell
+        ys = np.arange(cy0, cy1 + 2) * cell
+        dens = self._density_grid(xs, ys, cell / 2.0)
+        blend = _noise_grid(self.blend_specs, xs, ys, cell / 2.0)
+        ci = np.repeat(np.arange(ncx)[None, :], ncy, 0).ravel()
+        cj = np.repeat(np.arange(ncy)[:, None], ncx, 1).ravel()
+        k = np.arange(_NUC_PER_CELL)
+        cells_i = np.repeat(ci, _NUC_PER_CELL)
+        cells_j = np.repeat(cj, _NUC_PER_CELL)
+        kk = np.tile(k, ci.size)
+        h = _hash3(cells_i + cx0, cells_j + cy0, kk, self.nuc_salt)
+        u = (h & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21))
+        v = ((h >> _S21) & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21))
+        acc = (h >> _S42).astype(np.float32) * np.float32(1.0 / (1 << 22))
+        x = (cells_i + cx0 + u) * cell
+        y = (cells_j + cy0 + v) * cell
+        inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+
+        def interp(g: np.ndarray) -> np.ndarray:
+            return (
+                (g[cells_j, cells_i] * (1 - u) + g[cells_j, cells_i + 1] * u) * (1 - v)
+                + (g[cells_j + 1, cells_i] * (1 - u) + g[cells_j + 1, cells_i + 1] * u) * v
+            )
+
+        rho_max = _NUC_PER_CELL / (_NUC_CELL_UM * _NUC_CELL_UM)
+        ds_ = [interp(d) for d in dens]
+        total = ds_[0] + ds_[1] + ds_[2]
+        keep = inside & (acc * np.float32(rho_max) < total)
+        if self.mitoses.size:
+            near = (np.abs(self.mitoses[:, 0] - (x0 + x1) / 2) < (x1 - x0) / 2 + 10 * um) & (
+                np.abs(self.mitoses[:, 1] - (y0 + y1) / 2) < (y1 - y0) / 2 + 10 * um
+            )
+            for mx, my in self.mitoses[near]:
+                keep &= (x - mx) ** 2 + (y - my) ** 2 > (7.0 * um) ** 2
+        idx = np.flatnonzero(keep)
+        if idx.size == 0:
+            return np.zeros((0, 6))
+        x, y, total = x[idx], y[idx], total[idx]
+        s_d, t_d = ds_[0][idx], ds_[1][idx]
+        bl = interp(blend)[idx]
+        h2 = _hash3(cells_i[idx] + cx0, cells_j[idx] + cy0, kk[idx], self.nuc_salt2)
+        h3 = _hash3(cells_i[idx] + cx0, cells_j[idx] + cy0, kk[idx], self.nuc_salt3)
+        r_type = (h2 & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21)) * total
+        r_len = ((h2 >> _S21) & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21))
+        r_asp = (h2 >> _S42).astype(np.float32) * np.float32(1.0 / (1 << 22))
+        r_dark = (h3 & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21))
+        r_ang = ((h3 >> _S21) & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21))
+        typ = np.where(r_type < s_d, 0, np.where(r_type < s_d + t_d, 1, 2))
+        out = np.empty((idx.size, 6))
+        out[:, 0], out[:, 1] = x, y
+        lengths = np.array([t[0] for t in _NUC_TYPES])[typ]
+        aspects = np.array([t[1] for t in _NUC_TYPES])[typ]
+        darks = np.array([t[2] for t in _NUC_TYPES])[typ]
+        a = (lengths[:, 0] + r_len * (lengths[:, 1] - lengths[:, 0])) * 0.5 * um
+        out[:, 2] = a
+        out[:, 3] = a * (aspects[:, 0] + r_asp * (aspects[:, 1] - aspects[:, 0]))
+        fib_dir = np.where(bl < 0, self.fib_theta[0], self.fib_theta[1]) + (r_ang - 0.5) * 0.7
+        out[:, 4] = np.where(typ == 0, fib_dir, r_ang * np.pi)
+        out[:, 5] = darks[:, 0] + r_dark * (darks[:, 1] - darks[:, 0])
+        return out
+
+    # ---------------------------------------------------------------- drawing
+    def _splat(
+        self, objs: np.ndarray, x0: float, y0: float, w: int, h: int, ds: int, rim: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Accumulate soft ellipses: (sum of c_H * coverage, sum of coverage) per pixel."""
+        acc_h = np.zeros(w * h, np.float64)
+        acc_c = np.zeros(w * h, np.float64)
+        if objs.shape[0] == 0:
+            return acc_h.reshape(h, w).astype(np.float32), acc_c.reshape(h, w).astype(np.float32)
+        soft = max(1.2, float(ds))  # edge width, level-0 px
+        chunk = max(1, 400_000 // ((2 * int(math.ceil(objs[:, 2].max() / ds + soft / ds)) + 3) ** 2))
+        for s0 in range(0, objs.shape[0], chunk):
+            o = objs[s0 : s0 + chunk]
+            px = (o[:, 0] - x0) / ds - 0.5
+            py = (o[:, 1] - y0) / ds - 0.5
+            r = int(math.ceil(o[:, 2].max() / ds + soft / ds)) + 1
+            off = np.arange(-r, r + 1)
+            ix = np.rint(px).astype(np.int64)[:, None] + off[None, :]
+            iy = np.rint(py).astype(np.int64)[:, None] + off[None, :]
+            dx = ((ix - px[:, None]) * ds).astype(np.float32)[:, None, :]
+            dy = ((iy - py[:, None]) * ds).astype(np.float32)[:, :, None]
+            c = np.cos(o[:, 4]).astype(np.float32)[:, None, None]
+            s = np.sin(o[:, 4]).astype(np.float32)[:, None, None]
+            ia = (1.0 / o[:, 2]).astype(np.float32)[:, None, None]
+            ib = (1.0 / o[:, 3]).astype(np.float32)[:, None, None]
+            uu = (dx * c + dy * s) * ia
+            vv = (dy * c - dx * s) * ib
+            q2 = uu * uu + vv * vv
+            g = 2.0 * np.sqrt((uu * ia) ** 2 + (vv * ib) ** 2) + np.float32(1e-6)
+            cov = _clip01(np.float32(0.5) - (q2 - np.float32(1.0)) / (g * np.float32(soft)))
+            tot = cov.sum(axis=(1, 2))
+            area = np.pi * o[:, 2] * o[:, 3] / (ds * ds)
+            scale = np.where(tot > 0, area / np.maximum(tot, 1e-12), 0.0).astype(np.float32)
+            cov *= scale[:, None, None]
+            wh = cov * o[:, 5].astype(np.float32)[:, None, None]
+            if rim:
+                wh *= np.float32(0.75) + np.float32(0.35) * np.minimum(q2, np.float32(1.3))
+            valid = (ix >= 0) & (ix < w)
+            validy = (iy >= 0) & (iy < h)
+            m = validy[:, :, None] & valid[:, None, :]
+            flat = (iy[:, :, None] * w + ix[:, None, :])[m]
+            acc_h += np.bincount(flat, weights=wh[m], minlength=w * h)
+            acc_c += np.bincount(flat, weights=cov[m], minlength=w * h)
+        return acc_h.reshape(h, w).astype(np.float32), acc_c.reshape(h, w).astype(np.float32)
+
+    def _parts_in(self, parts: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        if parts.shape[0] == 0:
+            return parts
+        r = parts[:, 2]
+        sel = (parts[:, 0] + r > x0) & (parts[:, 0] - r < x1) & (parts[:, 1] + r > y0) & (parts[:, 1] - r < y1)
+        return parts[sel]
+
+    def is_glass(self, x0: float, y0: float, w: int, h: int, ds: int) -> bool:
+        """True if the region certainly holds no tissue (conservative bound)."""
+        tmax_off = self.grad * (_bound(self.rag_specs, ds)[0] + 0.5 * max(self.edge_w, ds))
+        _, lip = _bound(self.t_specs, ds)
+        lip += 3.0 / (0.06 * self.size) * 2.0
+        cmin = min(c for _, c, _ in self.t_specs)
+        step = max(1.0, min(8.0 * ds, cmin / 12.0))
+        xa, xb = x0 + 0.5 * ds, x0 + (w - 0.5) * ds
+        ya, yb = y0 + 0.5 * ds, y0 + (h - 0.5) * ds
+        xs = np.linspace(xa, xb, max(2, int(math.ceil((xb - xa) / step)) + 1))
+        ys = np.linspace(ya, yb, max(2, int(math.ceil((yb - ya) / step)) + 1))
+        sx = (xb - xa) / (len(xs) - 1)
+        sy = (yb - ya) / (len(ys) - 1)
+        t = float(self._tissue_coarse_grid(xs, ys, ds).max())
+        return t + lip * 0.5 * (sx + sy) + tmax_off < self.thr
+
+    def render_tile(self, x0: float, y0: float, w: int, h: int, ds: int) -> np.ndarray | None:
+        """Render a region, or return None if it is glass only (see :meth:`glass`)."""
+        if self.is_glass(x0, y0, w, h, ds):
+            return None
+        return self.render(x0, y0, w, h, ds)
+
+    def render(self, x0: float, y0: float, w: int, h: int, ds: int) -> np.ndarray:
+        """Render the ``h x w`` RGB region at downsample ``ds`` (a power of two)."""
+        ds = int(ds)
+        f32 = np.float32
+        xs = x0 + (np.arange(w) + 0.5) * ds
+        ys = y0 + (np.arange(h) + 0.5) * ds
+        um = 1.0 / self.mpp
+        pix_um = ds * self.mpp
+
+        t = self._tissue_coarse_grid(xs, ys, ds)
+        t += f32(self.grad) * _noise_grid(self.rag_specs, xs, ys, ds)
+        ew = max(self.edge_w, float(ds))
+        mask = _clip01((t - f32(self.thr)) / f32(self.grad * ew) + f32(0.5))
+        if not mask.any():
+            return self.glass(x0, y0, w, h, ds)
+
+        zone = _noise_grid(self.zone_specs, xs, ys, ds)
+        nest = _noise_grid(self.nest_specs, xs, ys, ds)
+        lymph = _noise_grid(self.lymph_specs, xs, ys, ds)
+        lumen = _noise_grid(self.lumen_specs, xs, ys, ds)
+        tw, lw, lu = self._regions(zone, nest, lymph, lumen)
+        lw *= f32(1.0) - tw
+        sw = _clip01(f32(1.0) - tw - lw)
+        tissue = mask * (f32(1.0) - lu)
+        stain = f32(1.0) + f32(0.12) * _noise_grid(self.stain_specs, xs, ys, ds)
+        eos = f32(1.0) + f32(0.15) * _noise_grid(self.eos_specs, xs, ys, ds)
+
+        # collagen: two families of wavy bands, domain-warped sinusoids
+        lam = self.fib_lambda
+        fib_w = min(max((lam / ds - 2.0) / 2.0, 0.0), 1.0)
+        fibre = np.full((h, w), f32(0.6875))
+        if fib_w > 0:
+            wx = _noise_grid(self.warpx_specs, xs, ys, ds)
+            wy = _noise_grid(self.warpy_specs, xs, ys, ds)
+            bl = _clip01(_noise_grid(self.blend_specs, xs, ys, ds) / f32(0.25) + f32(0.5))
+            k = 2.0 * np.pi / lam
+            fams = []
+            for th in self.fib_theta:
+                c, s = math.cos(th), math.sin(th)
+                # phase of the pixel-centre grid, reduced modulo 2 pi in float64
+                ph = np.add.outer(np.mod(ys * s * k, 2 * np.pi), np.mod(xs * c * k, 2 * np.pi)).astype(f32)
+                ph += (wx * f32(c) + wy * f32(s)) * f32(k)
+                f = f32(0.5) - f32(0.5) * np.sin(ph)  # (1 - stripe) in [0, 1]
+                fams.append(f32(1.0) - f * f * f)
+            brk = self._tex_sample(2, x0, y0, w, h, ds)
+            fb = (fams[0] * (f32(1.0) - bl) + fams[1] * bl) * (f32(0.8) + f32(0.25) * brk)
+            fibre = fibre + f32(fib_w) * (fb - fibre)
+        fib_mod = f32(1.0) + f32(1.1) * (fibre - f32(0.6875))
+
+        mottle = f32(1.0) + f32(0.18) * self._tex_sample(1, x0, y0, w, h, ds)
+        c_e = sw * f32(0.30) * eos * fib_mod + tw * f32(0.17) * mottle + lw * f32(0.20) * mottle
+        c_h = sw * f32(0.06) + tw * f32(0.11) * mottle + lw * f32(0.09)
+
+        # nuclei
+        x1, y1 = x0 + w * ds, y0 + h * ds
+        if pix_um <= _NUCLEI_MAX_PIXEL_UM:
+            margin = _NUC_MARGIN_UM * um + 2 * ds
+            nuc = self._nuclei(x0 - margin, y0 - margin, x1 + margin, y1 + margin)
+            n_h, n_c = self._splat(nuc, x0, y0, w, h, ds, rim=True)
+            chrom = self._tex_sample(0, x0, y0, w, h, ds)
+            n_h *= f32(1.0) + f32(0.35) * chrom
+        else:
+            dens = self._density_grid(xs, ys, ds)
+            n_h = np.zeros((h, w), f32)
+            n_c = np.zeros((h, w), f32)
+            for d, (area, mass) in zip(dens, self._nuc_mass, strict=True):
+                n_h += d * f32(mass)
+                n_c += d * f32(area)
+        # mitoses
+        mit = self._parts_in(self._mit_parts, x0, y0, x1, y1)
+        if mit.shape[0]:
+            m_h, _ = self._splat(mit, x0, y0, w, h, ds, rim=False)
+            n_h += m_h
+            halo = self._parts_in(self._mit_halos, x0, y0, x1, y1)
+            _, hc = self._splat(halo, x0, y0, w, h, ds, rim=False)
+            c_e *= f32(1.0) - f32(0.6) * np.minimum(hc, f32(1.0))
+        c_e *= f32(1.0) - f32(0.6) * np.minimum(n_c, f32(1.0))
+        c_h += n_h
+        k_all = tissue * stain
+        c_h *= k_all
+        c_e *= k_all
+
+        glass_n = self._tex_sample(3, x0, y0, w, h, ds)
+        out = np.empty((h, w, 3), np.uint8)
+        for ch in range(3):
+            od = c_h * f32(_H_OD[ch]) + c_e * f32(_E_OD[ch]) + f32(_GLASS_OD[ch])
+            val = np.exp(od * f32(-_LN10)) * f32(255.0) + glass_n * f32(0.6)
+            np.clip(val, 0.0, 255.0, out=val)
+            out[:, :, ch] = np.rint(val)
+        return out
+
+
+def _make_textures(rng: np.random.Generator, mpp: float) -> np.ndarray:
+    """Periodic smooth noise textures (zero mean, unit std), ``_TEX_PERIOD`` px square.
+
+    Channels: 0 chromatin, 1 cytoplasm mottling, 2 collagen breaks, 3 glass.
+    """
+    p = _TEX_PERIOD
+    sig_px = [0.35 / mpp, 1.2 / mpp, 2.5 / mpp, 0.7]
+    white = rng.standard_normal((len(sig_px), p, p))
+    f = np.fft.fftfreq(p)
+    f2 = f[:, None] ** 2 + f[None, :] ** 2
+    out = np.empty((len(sig_px), p, p), np.float32)
+    for i, s in enumerate(sig_px):
+        s = min(max(s, 0.3), p / 8.0)
+        g = np.exp(-2.0 * (np.pi * s) ** 2 * f2)
+        t = np.fft.ifft2(np.fft.fft2(white[i]) * g).real
+        t -= t.mean()
+        t /= max(t.std(), 1e-12)
+        out[i] = t
+    return out
