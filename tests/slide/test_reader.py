@@ -136,3 +136,21 @@ def test_large_resampled_read_is_blockwise_identical(rng, monkeypatch):
     monkeypatch.setattr(base, "MAX_SOURCE_PIXELS", 64 * 64)
     blocks = s.read_region((0, 0), (400, 300), downsample=2.0)
     assert np.abs(whole.astype(int) - blocks.astype(int)).max() <= 1
+
+
+def test_fast_tile_decoder_equals_openslide(cmu_svs, tcga_svs, rng):
+    """The direct tile decoder is used where it agrees with OpenSlide, and gives OpenSlide's pixels."""
+    from histoscope.slide.backends import OpenSlideSlide
+
+    for path in (cmu_svs, tcga_svs):
+        fast = OpenSlideSlide(path)
+        plain = OpenSlideSlide(path, accelerate=False)
+        assert fast._tiles is not None and 0 in fast._tiles.levels
+        assert plain._tiles is None
+        W, H = fast.dimensions
+        for _ in range(15):
+            x, y = int(rng.integers(-200, W)), int(rng.integers(-200, H))
+            w, h = int(rng.integers(1, 700)), int(rng.integers(1, 700))
+            np.testing.assert_array_equal(fast.read_region((x, y), (w, h)), plain.read_region((x, y), (w, h)))
+        fast.close()
+        plain.close()

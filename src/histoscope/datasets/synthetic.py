@@ -478,46 +478,69 @@ def _fade(cell: float, ds: float) -> float:
 _Spec = tuple[np.uint64, float, float]
 
 
-def _axis(coords: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
+def _axis(coords: np.ndarray, cell: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     u = coords / cell
     i0 = np.floor(u)
     s = _smooth(u - i0).astype(np.float32)
     return i0.astype(np.int64), s
 
 
-def _noise_grid(specs: Sequence[_Spec], xs: np.ndarray, ys: np.ndarray, ds: float) -> np.ndarray:
-    """fBm value noise on the grid ``ys x xs`` (increasing level-0 coordinates).
+def _noise_fields(
+    fields: Sequence[Sequence[_Spec]], xs: np.ndarray, ys: np.ndarray, ds: float
+) -> list[np.ndarray]:
+    """Several fBm value-noise fields on the grid ``ys x xs`` (increasing level-0 coordinates).
 
-    Each octave is lattice values interpolated along x (small array), then
-    along y by a sparse weight matrix; all octaves are summed by one matrix
-    product.
+    All octaves of all fields are evaluated together: lattice values are
+    interpolated along x on the small lattice, then along y (and summed over
+    the octaves of a field) by one matrix product per field.
     """
-    wys, bs = [], []
     ny, nx = len(ys), len(xs)
-    rows = np.arange(ny)
-    for salt, cell, amp in specs:
-        f = _fade(cell, ds)
-        if f <= 0.0:
+    octs = [
+        (fi, salt, cell, amp * f)
+        for fi, specs in enumerate(fields)
+        for salt, cell, amp in specs
+        if (f := _fade(cell, ds)) > 0.0
+    ]
+    out = [np.zeros((ny, nx), np.float32) for _ in fields]
+    if not octs:
+        return out
+    k = len(octs)
+    cells = np.array([o[2] for o in octs])
+    ix, sx = _axis(xs[None, :], cells[:, None])
+    iy, sy = _axis(ys[None, :], cells[:, None])
+    i0, j0 = ix[:, :1], iy[:, :1]
+    ni = int((ix[:, -1:] - i0).max()) + 2
+    nj = int((iy[:, -1:] - j0).max()) + 2
+    salts = np.array([o[1] for o in octs], dtype=np.uint64)[:, None, None]
+    amps = np.array([o[3] for o in octs], dtype=np.float32)[:, None, None]
+    lat = _hash2(
+        i0[:, :, None] + np.arange(ni)[None, None, :],
+        j0[:, :, None] + np.arange(nj)[None, :, None],
+        salts,
+    )
+    lat = (_unit(lat) * np.float32(2.0) - np.float32(1.0)) * amps  # (k, nj, ni)
+    ci = (ix - i0)[:, None, :]
+    b = np.take_along_axis(lat, ci, axis=2) * (1.0 - sx)[:, None, :]
+    b += np.take_along_axis(lat, ci + 1, axis=2) * sx[:, None, :]  # (k, nj, nx)
+    wy = np.zeros((k, ny, nj), np.float32)
+    kk = np.arange(k)[:, None]
+    rr = np.arange(ny)[None, :]
+    cj = iy - j0
+    wy[kk, rr, cj] = 1.0 - sy
+    wy[kk, rr, cj + 1] = sy
+    fidx = np.array([o[0] for o in octs])
+    for fi in range(len(fields)):
+        sel = np.flatnonzero(fidx == fi)
+        if sel.size == 0:
             continue
-        ix, sx = _axis(xs, cell)
-        iy, sy = _axis(ys, cell)
-        i0, j0 = int(ix[0]), int(iy[0])
-        ni, nj = int(ix[-1]) - i0 + 2, int(iy[-1]) - j0 + 2
-        lat = _hash2(np.arange(i0, i0 + ni)[None, :], np.arange(j0, j0 + nj)[:, None], salt)
-        lat = _unit(lat) * np.float32(2.0 * amp * f) - np.float32(amp * f)
-        ci = ix - i0
-        b = lat[:, ci] * (1.0 - sx) + lat[:, ci + 1] * sx
-        cj = iy - j0
-        wy = np.zeros((ny, nj), np.float32)
-        wy[rows, cj] = 1.0 - sy
-        wy[rows, cj + 1] = sy
-        wys.append(wy)
-        bs.append(b)
-    if not bs:
-        return np.zeros((ny, nx), np.float32)
-    if len(bs) == 1:
-        return wys[0] @ bs[0]
-    return np.hstack(wys) @ np.vstack(bs)
+        wsel = wy[sel].transpose(1, 0, 2).reshape(ny, sel.size * nj)
+        out[fi] = wsel @ b[sel].reshape(sel.size * nj, nx)
+    return out
+
+
+def _noise_grid(specs: Sequence[_Spec], xs: np.ndarray, ys: np.ndarray, ds: float) -> np.ndarray:
+    """One fBm field on a grid (see :func:`_noise_fields`)."""
+    return _noise_fields([specs], xs, ys, ds)[0]
 
 
 def _noise_points(specs: Sequence[_Spec], x: np.ndarray, y: np.ndarray, ds: float) -> np.ndarray:

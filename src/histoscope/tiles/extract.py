@@ -52,6 +52,7 @@ def _blocks(table: pd.DataFrame, slide: Slide) -> list[tuple[int, int]]:
     size = table["size"].to_numpy()
     level = table["level"].to_numpy()
     ds = table["downsample"].to_numpy()
+    w0 = table["w0"].to_numpy()
     direct = {key: _direct(slide, key[0], key[1]) for key in set(zip(level.tolist(), ds.tolist()))}
     out: list[tuple[int, int]] = []
     start = 0
@@ -65,7 +66,7 @@ def _blocks(table: pd.DataFrame, slide: Slide) -> list[tuple[int, int]]:
                 and ds[i] == ds[start]
                 and size[i] == size[start]
                 and direct[(int(level[i]), float(ds[i]))]
-                and x[i] >= x[i - 1]
+                and 0 <= x[i] - x[i - 1] <= w0[i]  # touching or overlapping neighbours only
                 and (x[i] - x[start]) / lds + size[i] <= MAX_BLOCK_WIDTH
             ):
                 continue
