@@ -501,16 +501,15 @@ def _noise_fields(
         for salt, cell, amp in specs
         if (f := _fade(cell, ds)) > 0.0
     ]
-    out = [np.zeros((ny, nx), np.float32) for _ in fields]
     if not octs:
-        return out
+        return [np.zeros((ny, nx), np.float32) for _ in fields]
     k = len(octs)
     cells = np.array([o[2] for o in octs])
     ix, sx = _axis(xs[None, :], cells[:, None])
     iy, sy = _axis(ys[None, :], cells[:, None])
     i0, j0 = ix[:, :1], iy[:, :1]
-    ni = int((ix[:, -1:] - i0).max()) + 2
-    nj = int((iy[:, -1:] - j0).max()) + 2
+    ci, cj = ix - i0, iy - j0
+    ni, nj = int(ci[:, -1].max()) + 2, int(cj[:, -1].max()) + 2
     salts = np.array([o[1] for o in octs], dtype=np.uint64)[:, None, None]
     amps = np.array([o[3] for o in octs], dtype=np.float32)[:, None, None]
     lat = _hash2(
@@ -519,22 +518,26 @@ def _noise_fields(
         salts,
     )
     lat = (_unit(lat) * np.float32(2.0) - np.float32(1.0)) * amps  # (k, nj, ni)
-    ci = (ix - i0)[:, None, :]
-    b = np.take_along_axis(lat, ci, axis=2) * (1.0 - sx)[:, None, :]
-    b += np.take_along_axis(lat, ci + 1, axis=2) * sx[:, None, :]  # (k, nj, nx)
-    wy = np.zeros((k, ny, nj), np.float32)
     kk = np.arange(k)[:, None]
-    rr = np.arange(ny)[None, :]
-    cj = iy - j0
-    wy[kk, rr, cj] = 1.0 - sy
-    wy[kk, rr, cj + 1] = sy
-    fidx = np.array([o[0] for o in octs])
+    wx = np.zeros((k, ni, nx), np.float32)
+    cols = np.arange(nx)[None, :]
+    wx[kk, ci, cols] = 1.0 - sx
+    wx[kk, ci + 1, cols] = sx
+    b = np.matmul(lat, wx).reshape(k * nj, nx)  # x-interpolated lattice rows
+    wy = np.zeros((ny, k, nj), np.float32)
+    rows = np.arange(ny)[None, :]
+    wy[rows, kk, cj] = 1.0 - sy
+    wy[rows, kk, cj + 1] = sy
+    wy = wy.reshape(ny, k * nj)
+    fidx = [o[0] for o in octs]
+    out = []
     for fi in range(len(fields)):
-        sel = np.flatnonzero(fidx == fi)
-        if sel.size == 0:
+        if fi not in fidx:
+            out.append(np.zeros((ny, nx), np.float32))
             continue
-        wsel = wy[sel].transpose(1, 0, 2).reshape(ny, sel.size * nj)
-        out[fi] = wsel @ b[sel].reshape(sel.size * nj, nx)
+        lo = fidx.index(fi) * nj
+        hi = (len(fidx) - fidx[::-1].index(fi)) * nj
+        out.append(wy[:, lo:hi] @ b[lo:hi])
     return out
 
 
