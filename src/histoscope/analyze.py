@@ -188,6 +188,7 @@ def analyze_slide(
                     "tissue mask resolution": "unknown" if mask.mpp is None else f"{mask.mpp:.3g} um/px",
                 }
                 timings = [(k, f"{v:.2f} s") for k, v in timer.stages.items() if k != "report"]
+                timings.append(("total (before the report)", f"{sum(timer.stages.values()):.2f} s"))
                 write_report(
                     work / "report.html",
                     title=f"histoscope report — {slide.name}",
@@ -197,8 +198,8 @@ def analyze_slide(
                         ("Thumbnail", thumb),
                         ("Tissue mask (green) over the thumbnail", tissue_img),
                         (f"Tile grid: {len(tiles)} tiles of {spec.size} px with >= {config.min_tissue:.0%} tissue", grid_img),
-                        ("Tissue fraction of every grid tile", hist),
                     ],
+                    plots=[("Tissue fraction of every tile of the grid", hist)],
                     sections=[
                         ("Slide metadata", meta, None),
                         ("Tiles", tiles_rows, None),

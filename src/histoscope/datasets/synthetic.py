@@ -44,8 +44,7 @@ __all__ = ["SyntheticSlideInfo", "demo_slide", "synthetic_slide"]
 _H_OD = np.array([0.65, 0.70, 0.29]) / np.linalg.norm([0.65, 0.70, 0.29])
 _E_OD = np.array([0.07, 0.99, 0.11]) / np.linalg.norm([0.07, 0.99, 0.11])
 
-_GLASS_RGB = np.array([243.0, 242.0, 245.0])  # bright-field background
-_GLASS_OD = -np.log10(_GLASS_RGB / 255.0)
+_GLASS_RGB = np.array([243.0, 241.0, 240.0])  # bright-field background
 _LN10 = math.log(10.0)
 
 _THUMB_MAX = 1024  # pyramid stops once the longer side is <= this
@@ -60,11 +59,11 @@ _NUC_MARGIN_UM = 5.0  # largest nucleus semi-axis
 _MITOSIS_MARGIN_UM = 8.0  # largest distance of a mitotic figure part from its centre
 
 # Nucleus types: (long axis range um, aspect range, haematoxylin range, density /um^2)
-_NUC_STROMA = ((6.5, 8.0), (0.28, 0.45), (0.55, 0.85), 1.0 / 420.0)
-_NUC_TUMOUR = ((6.0, 8.0), (0.62, 0.95), (0.60, 1.10), 1.0 / 85.0)
-_NUC_LYMPH = ((5.0, 5.8), (0.85, 1.00), (1.05, 1.40), 1.0 / 42.0)
+_NUC_STROMA = ((6.5, 8.0), (0.28, 0.45), (0.45, 0.70), 1.0 / 420.0)
+_NUC_TUMOUR = ((6.0, 8.0), (0.62, 0.95), (0.40, 0.80), 1.0 / 85.0)
+_NUC_LYMPH = ((5.0, 5.8), (0.85, 1.00), (0.85, 1.15), 1.0 / 42.0)
 _NUC_TYPES = (_NUC_STROMA, _NUC_TUMOUR, _NUC_LYMPH)
-_RIM_MEAN = 0.925  # mean of the nuclear rim profile 0.75 + 0.35 * q^2 over an ellipse
+_RIM_MEAN = 0.95  # mean of the nuclear rim profile 0.85 + 0.2 * q^2 over an ellipse
 
 _DEMO = {"width": 12000, "height": 9000, "mpp": 0.5, "seed": 0}
 
@@ -390,6 +389,11 @@ def _write_tiff(
     counts = [(-(-w // tile)) * (-(-h // tile)) for w, h in levels]
     jpeg_args = {"level": quality, "subsampling": (2, 2), "colorspace": "RGB", "outcolorspace": "YCBCR"}
     bar = tqdm(total=sum(counts), unit="tile", desc="synthetic slide", disable=not verbose)
+    # glibc hands freed large blocks straight back to the OS, so every per-tile
+    # temporary would page-fault fresh memory; freeing one large block raises
+    # its dynamic mmap threshold and the temporaries get recycled instead.
+    warm = np.empty(16 << 20, np.uint8)
+    del warm
     try:
         with tifffile.TiffWriter(path, bigtiff=True) as tw:
             for k, (w, h) in enumerate(levels):
@@ -567,11 +571,22 @@ def _noise_points(specs: Sequence[_Spec], x: np.ndarray, y: np.ndarray, ds: floa
     return out
 
 
-def _bound(specs: Sequence[_Spec], ds: float) -> tuple[float, float]:
-    """(max |value|, Lipschitz bound per px and axis) of an fBm field."""
-    amax = sum(a * _fade(c, ds) for _, c, a in specs)
-    lip = sum(3.0 * a * _fade(c, ds) / c for _, c, a in specs)
-    return amax, lip
+def _bound(specs: Sequence[_Spec], ds: float) -> float:
+    """Largest absolute value an fBm field can take."""
+    return sum(a * _fade(c, ds) for _, c, a in specs)
+
+
+def _lerp_matrix(coords: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Bilinear-interpolation weights (len(coords), len(grid)) on a regular grid."""
+    g = grid[1] - grid[0]
+    p = (coords - grid[0]) / g
+    i = np.clip(np.floor(p).astype(np.int64), 0, len(grid) - 2)
+    t = (p - i).astype(np.float32)
+    w = np.zeros((len(coords), len(grid)), np.float32)
+    r = np.arange(len(coords))
+    w[r, i] = 1.0 - t
+    w[r, i + 1] = t
+    return w
 
 
 def _clip01(a: np.ndarray) -> np.ndarray:
@@ -588,7 +603,9 @@ class _SlideModel:
 
     Coordinates are level-0 pixels; ``render(x0, y0, w, h, ds)`` returns the
     ``h x w`` RGB image whose pixel ``(i, j)`` covers level-0 pixels
-    ``[x0 + j*ds, x0 + (j+1)*ds) x [y0 + i*ds, y0 + (i+1)*ds)``.
+    ``[x0 + j*ds, x0 + (j+1)*ds) x [y0 + i*ds, y0 + (i+1)*ds)``.  Every value is
+    a function of level-0 coordinates and the seed only, so regions can be drawn
+    in any order and adjacent tiles (and levels) agree.
     """
 
     def __init__(
@@ -605,99 +622,166 @@ class _SlideModel:
 
         size = float(max(width, height))
         self.size = size
-        # tissue pieces: slide-relative scales
-        self.t_specs = spec((size / 2.2, 1.0), (size / 4.4, 0.5), (size / 8.8, 0.25), (size / 17.6, 0.125))
-        # ragged outline: absolute scales, in px of normal displacement
-        rag = [(250.0, 60.0), (70.0, 20.0), (20.0, 6.0)]
+        misc = np.random.default_rng(s_misc)
+
+        # Tissue: a few elliptical gaussian pieces plus slide-scale noise,
+        # thresholded; the outline is roughened by absolute-scale noise.
+        self.pieces = self._make_pieces(misc)
+        self.t_specs = spec((size / 2.5, 0.8), (size / 5, 0.4), (size / 10, 0.2), (size / 20, 0.1))
+        rag = [(250.0, 50.0), (70.0, 16.0), (20.0, 4.0)]  # (cell um, displacement um)
         total = sum(a for _, a in rag) * um
         scale = min(1.0, 0.03 * size / total)
         self.rag_specs = spec(*[(c * um, a * um * scale) for c, a in rag])
+        # Histology: tumour zones with nests, lymphoid aggregates, lumina, stain
+        # variation and collagen warping; absolute (micron) scales.
         self.zone_specs = spec((1800 * um, 1.0), (800 * um, 0.5))
         self.nest_specs = spec((110 * um, 1.0), (45 * um, 0.45), (18 * um, 0.15))
         self.lymph_specs = spec((450 * um, 1.0), (150 * um, 0.45))
-        self.lumen_specs = spec((200 * um, 1.0), (70 * um, 0.5), (22 * um, 0.2))
+        self.lumen_specs = spec((220 * um, 1.0), (70 * um, 0.45), (22 * um, 0.12))
         self.stain_specs = spec((500 * um, 1.0), (130 * um, 0.5))
         self.eos_specs = spec((60 * um, 1.0), (20 * um, 0.5))
-        self.warpx_specs = spec((45 * um, 7.0 * um), (14 * um, 2.0 * um))
-        self.warpy_specs = spec((45 * um, 7.0 * um), (14 * um, 2.0 * um))
+        self.fib_lambda = 7.0 * um  # collagen banding wavelength (px)
+        kf = 2.0 * np.pi / self.fib_lambda
+        # phase warps (radians) of the two collagen families, and the extra
+        # phase jitter of their second harmonic
+        self.warp_specs = (
+            spec((60 * um, 12.0 * um * kf), (18 * um, 3.0 * um * kf)),
+            spec((60 * um, 12.0 * um * kf), (18 * um, 3.0 * um * kf)),
+        )
+        self.jit_specs = spec((60 * um, 6.0 * um * kf), (18 * um, 1.5 * um * kf))
         self.blend_specs = spec((350 * um, 1.0))
-        self.nuc_salt = next(salts)
-        self.nuc_salt2 = next(salts)
-        self.nuc_salt3 = next(salts)
+        self.nuc_salts = (next(salts), next(salts), next(salts))
 
-        misc = np.random.default_rng(s_misc)
-        self.fib_theta = misc.uniform(0, np.pi, size=2)
-        self.fib_theta[1] = self.fib_theta[0] + misc.uniform(0.35, 0.65) * np.pi
-        self.fib_lambda = 8.0 * um  # collagen banding wavelength
+        self.fib_theta = np.empty(2)
+        self.fib_theta[0] = misc.uniform(0, np.pi)
+        self.fib_theta[1] = self.fib_theta[0] + misc.uniform(0.3, 0.7) * np.pi
         self.edge_w = max(1.5 * um, 1.0)  # tissue edge blur (px)
 
         # tissue threshold from a coarse map of the whole slide
-        n = 256
-        gx = (np.arange(n) + 0.5) * (width / n)
-        gy = (np.arange(max(8, round(n * height / width))) + 0.5) * (height / max(8, round(n * height / width)))
-        tmap = self._tissue_coarse_grid(gx, gy, 1.0).astype(np.float64)
+        nx = 256
+        ny = max(8, round(nx * height / width))
+        gx = (np.arange(nx) + 0.5) * (width / nx)
+        gy = (np.arange(ny) + 0.5) * (height / ny)
+        tmap = self._tissue_coarse(gx, gy, 1.0, _noise_grid(self.t_specs, gx, gy, 1.0)).astype(np.float64)
         self.thr = float(np.quantile(tmap, 1.0 - tissue_fraction))
         gyy, gxx = np.gradient(tmap, gy, gx)
         grad = np.hypot(gxx, gyy)
         band = np.abs(tmap - self.thr)
         sel = band <= np.quantile(band, 0.05)
-        g = float(np.median(grad[sel])) if sel.any() else float(np.median(grad))
-        self.grad = max(g, 1e-9)
+        self.grad = max(float(np.median(grad[sel])), 1e-9)
 
         self.tex = _make_textures(np.random.default_rng(s_tex), mpp)
         self._tex_pyr: dict[int, np.ndarray] = {1: self.tex}
+        self._tex_tiled: dict[int, np.ndarray] = {}
 
         self._nuc_mass = []
         for (l0, l1), (r0, r1), (c0, c1), _rho in _NUC_TYPES:
-            ea2 = (l0 * l0 + l0 * l1 + l1 * l1) / 12.0 / 4.0  # E[(L/2)^2] in um^2
+            ea2 = (l0 * l0 + l0 * l1 + l1 * l1) / 12.0 / 4.0  # E[(L/2)^2], um^2
             area = math.pi * ea2 * (r0 + r1) / 2.0
             self._nuc_mass.append((area, area * (c0 + c1) / 2.0 * _RIM_MEAN))
 
         self._init_mitoses(np.random.default_rng(s_mit), n_mitoses)
 
-    # ---------------------------------------------------------------- fields
-    def _penalty_grid(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        m = 0.06 * self.size
+    # ---------------------------------------------------------------- tissue
+    def _make_pieces(self, rng: np.random.Generator) -> np.ndarray:
+        """Rows (cx, cy, A, B, C, inv_min_axis): exp(-(A dx^2 + B dx dy + C dy^2))."""
+        n = int(rng.integers(2, 5))
+        centres: list[tuple[float, float]] = []
+        rows = []
+        for _ in range(n):
+            for _try in range(50):
+                cx = rng.uniform(0.22, 0.78) * self.width
+                cy = rng.uniform(0.22, 0.78) * self.height
+                if all(math.hypot(cx - a, cy - b) > 0.28 * self.size for a, b in centres):
+                    break
+            centres.append((cx, cy))
+            ra = rng.uniform(0.14, 0.26) * self.size
+            rb = ra * rng.uniform(0.4, 0.85)
+            phi = rng.uniform(0, np.pi)
+            c, s = math.cos(phi), math.sin(phi)
+            a_, c_ = 1.0 / (ra * ra), 1.0 / (rb * rb)
+            rows.append((cx, cy, a_ * c * c + c_ * s * s, 2.0 * (a_ - c_) * c * s, a_ * s * s + c_ * c * c, 1.0 / rb))
+        return np.array(rows)
+
+    def _penalty(self, e: np.ndarray) -> np.ndarray:
+        m = np.float32(0.1 * self.size)
+        p = _clip01((m - e.astype(np.float32)) / m)
+        return np.float32(2.5) * p * p
+
+    def _tissue_coarse(self, xs: np.ndarray, ys: np.ndarray, ds: float, noise: np.ndarray) -> np.ndarray:
+        """Smooth tissue field on a grid (``noise`` = fBm of ``t_specs`` on that grid)."""
+        q = None
+        for cx, cy, a, b, c, _ in self.pieces:
+            dx = (xs - cx).astype(np.float32)
+            dy = (ys - cy).astype(np.float32)
+            qi = np.multiply.outer(dy * np.float32(b), dx)
+            qi += (np.float32(a) * dx * dx)[None, :]
+            qi += (np.float32(c) * dy * dy)[:, None]
+            q = qi if q is None else np.minimum(q, qi, out=q)
+        t = np.exp(-q, out=q)
+        t += noise
         ex = np.minimum(xs, self.width - xs)
         ey = np.minimum(ys, self.height - ys)
-        e = np.minimum(ey[:, None], ex[None, :]).astype(np.float32)
-        p = _clip01((np.float32(m) - e) / np.float32(m))
-        return np.float32(3.0) * p * p
+        t -= self._penalty(np.minimum(ey[:, None], ex[None, :]))
+        return t
 
-    def _tissue_coarse_grid(self, xs: np.ndarray, ys: np.ndarray, ds: float) -> np.ndarray:
-        return _noise_grid(self.t_specs, xs, ys, ds) - self._penalty_grid(xs, ys)
+    def _anchor_step(self, ds: float) -> float:
+        cmin = min(c for _, c, _ in self.t_specs)
+        return max(1.0, min(16.0 * ds, cmin / 8.0))
+
+    def _tissue_anchor(
+        self, xs: np.ndarray, ys: np.ndarray, ds: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Smooth tissue field on the anchor grid (multiples of a step) around a grid."""
+        g = self._anchor_step(ds)
+        gx = np.arange(math.floor(xs[0] / g), math.floor(xs[-1] / g) + 2) * g
+        gy = np.arange(math.floor(ys[0] / g), math.floor(ys[-1] / g) + 2) * g
+        return gx, gy, self._tissue_coarse(gx, gy, ds, _noise_grid(self.t_specs, gx, gy, ds))
+
+    def _tissue_smooth(self, xs: np.ndarray, ys: np.ndarray, ds: float) -> np.ndarray:
+        """Smooth tissue field on a grid, bilinear from the anchor grid (cheap, tile-consistent)."""
+        gx, gy, tc = self._tissue_anchor(xs, ys, ds)
+        return _lerp_matrix(ys, gy) @ tc @ _lerp_matrix(xs, gx).T
 
     def _tissue_points(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        m = 0.06 * self.size
+        """Tissue field (with the ragged outline) at points (analytic, not interpolated)."""
+        q = np.full(x.shape, np.inf)
+        for cx, cy, a, b, c, _ in self.pieces:
+            dx, dy = x - cx, y - cy
+            q = np.minimum(q, a * dx * dx + b * dx * dy + c * dy * dy)
         e = np.minimum(np.minimum(x, self.width - x), np.minimum(y, self.height - y))
-        p = np.clip((m - e) / m, 0.0, 1.0)
-        t = _noise_points(self.t_specs, x, y, 1.0) - 3.0 * p * p
+        t = np.exp(-q) + _noise_points(self.t_specs, x, y, 1.0) - self._penalty(e)
         return t + self.grad * _noise_points(self.rag_specs, x, y, 1.0)
 
-    def _regions(self, zone: np.ndarray, nest: np.ndarray, lymph: np.ndarray, lumen: np.ndarray):
+    def _regions(
+        self, zone: np.ndarray, nest: np.ndarray, lymph: np.ndarray, lumen: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Tumour-nest weight, lymphoid weight and lumen (white space) weight."""
-        zw = _clip01((zone + np.float32(0.02)) / np.float32(0.25))
-        tw = zw * _clip01((nest - np.float32(0.02)) / np.float32(0.07) + np.float32(0.5))
-        lw = _clip01((lymph - np.float32(0.5)) / np.float32(0.08)) * (np.float32(1.0) - zw)
-        lu = _clip01((lumen - np.float32(0.55)) / np.float32(0.05))
+        f32 = np.float32
+        zw = _clip01(zone / f32(0.12) + f32(0.5))
+        tw = zw * _clip01(nest / f32(0.06) + f32(0.5))
+        lw = _clip01((lymph - f32(0.5)) / f32(0.08)) * (f32(1.0) - zw)
+        lu = _clip01((lumen - f32(0.66)) / f32(0.05))
         return tw, lw, lu
 
     def _density_grid(self, xs: np.ndarray, ys: np.ndarray, ds: float) -> list[np.ndarray]:
         """Nucleus densities (per um^2) of the three types on a grid."""
-        t = self._tissue_coarse_grid(xs, ys, ds) + np.float32(self.grad) * _noise_grid(
-            self.rag_specs[:2], xs, ys, ds
+        f32 = np.float32
+        tn, rag, zone, nest, lymph, lumen = _noise_fields(
+            [self.t_specs, self.rag_specs[:2], self.zone_specs, self.nest_specs, self.lymph_specs, self.lumen_specs],
+            xs, ys, ds,
         )
-        inside = _clip01((t - np.float32(self.thr)) / np.float32(self.grad * 4.0 / self.mpp) + np.float32(0.5))
-        tw, lw, lu = self._regions(
-            _noise_grid(self.zone_specs, xs, ys, ds),
-            _noise_grid(self.nest_specs, xs, ys, ds),
-            _noise_grid(self.lymph_specs, xs, ys, ds),
-            _noise_grid(self.lumen_specs, xs, ys, ds),
-        )
-        ok = inside * (np.float32(1.0) - lu)
-        lw = lw * (np.float32(1.0) - tw)
-        sw = _clip01(np.float32(1.0) - tw - lw)
-        return [ok * sw * np.float32(_NUC_STROMA[3]), ok * tw * np.float32(_NUC_TUMOUR[3]), ok * lw * np.float32(_NUC_LYMPH[3])]
+        t = self._tissue_coarse(xs, ys, ds, tn) + f32(self.grad) * rag
+        inside = _clip01((t - f32(self.thr)) / f32(self.grad * 4.0 / self.mpp) + f32(0.5))
+        tw, lw, lu = self._regions(zone, nest, lymph, lumen)
+        ok = inside * (f32(1.0) - lu)
+        lw *= f32(1.0) - tw
+        sw = _clip01(f32(1.0) - tw - lw)
+        return [
+            ok * sw * f32(_NUC_STROMA[3]),
+            ok * tw * f32(_NUC_TUMOUR[3]),
+            ok * lw * f32(_NUC_LYMPH[3]),
+        ]
 
     # ---------------------------------------------------------------- textures
     def _texture(self, ds: int) -> np.ndarray:
@@ -705,19 +789,23 @@ class _SlideModel:
         if t is None:
             prev = self._texture(ds // 2)
             c, p, _ = prev.shape
-            if p >= 2:
-                t = prev.reshape(c, p // 2, 2, p // 2, 2).mean(axis=(2, 4))
-            else:
-                t = prev
+            t = prev.reshape(c, p // 2, 2, p // 2, 2).mean(axis=(2, 4)) if p >= 2 else prev
             self._tex_pyr[ds] = t
         return t
 
     def _tex_sample(self, ch: int, x0: float, y0: float, w: int, h: int, ds: int) -> np.ndarray:
-        t = self._texture(ds)[ch]
-        p = t.shape[0]
-        cols = (int(x0 // ds) + np.arange(w)) % p
-        rows = (int(y0 // ds) + np.arange(h)) % p
-        return t[np.ix_(rows, cols)]
+        """Periodic texture channel ``ch`` over a region (anchored to level-0 coordinates)."""
+        t = self._texture(ds)
+        p = t.shape[1]
+        need = p + max(w, h)
+        tiled = self._tex_tiled.get(ds)
+        if tiled is None or tiled.shape[1] < need:
+            reps = -(-need // p)
+            tiled = np.tile(t, (1, reps, reps))
+            self._tex_tiled[ds] = tiled
+        r0 = int(y0 // ds) % p
+        c0 = int(x0 // ds) % p
+        return tiled[ch, r0 : r0 + h, c0 : c0 + w]
 
     def glass_key(self, x0: float, y0: float, ds: int) -> tuple[int, int, int]:
         """Key of the glass pattern at a region origin (same key, same glass tile)."""
@@ -747,15 +835,14 @@ class _SlideModel:
                     x = rng.uniform(lo_x, hi_x, 2048)
                     y = rng.uniform(lo_y, hi_y, 2048)
                     keep = rng.uniform(size=2048)
-                    t = self._tissue_points(x, y)
-                    ok = t - self.thr >= need_inside
+                    ok = self._tissue_points(x, y) - self.thr >= need_inside
                     zone = _noise_points(self.zone_specs, x, y, 1.0)
                     nest = _noise_points(self.nest_specs, x, y, 1.0)
                     lymph = _noise_points(self.lymph_specs, x, y, 1.0)
                     lumen = _noise_points(self.lumen_specs, x, y, 1.0)
                     tw, _lw, _lu = self._regions(zone, nest, lymph, lumen)
-                    ok &= lumen < 0.45
-                    ok &= keep < np.where(tw > 0.5, 1.0, 0.2)
+                    ok &= lumen < 0.5
+                    ok &= keep < np.where(tw > 0.9, 1.0, 0.15)
                     for xi, yi in zip(x[ok], y[ok], strict=True):
                         if all((xi - a) ** 2 + (yi - b) ** 2 >= min_dist2 for a, b in centres):
                             centres.append((float(xi), float(yi)))
@@ -770,113 +857,116 @@ class _SlideModel:
                     f"tissue_fraction or fewer mitoses"
                 )
         self.mitoses = np.array(centres, dtype=np.float64).reshape(-1, 2)
-        # parts: x, y, a, b, theta, c_H (level-0 px)
+        # parts and halos: rows x, y, a, b, theta, c_H (level-0 px)
         parts: list[tuple[float, ...]] = []
         halos: list[tuple[float, ...]] = []
         for cx, cy in self.mitoses:
-            extent = rng.uniform(8.0, 12.0)  # um
+            extent = rng.uniform(9.0, 12.0)  # um
+            half = extent / 2.0
             phi = rng.uniform(0, np.pi)
             c, s = math.cos(phi), math.sin(phi)
-            half = extent / 2.0
-            if rng.uniform() < 0.6:  # metaphase plate: dark bar with spiky chromosome arms
-                core_b = rng.uniform(1.2, 1.7)
-                parts.append((cx, cy, (half - 1.0) * um, core_b * um, phi, rng.uniform(1.3, 1.6)))
-                for _ in range(int(rng.integers(12, 18))):
-                    t = rng.uniform(-half + 1.2, half - 1.2)
-                    o = rng.normal(0.0, 0.7)
-                    ang = phi + np.pi / 2 + rng.normal(0.0, 0.5)
-                    la = rng.uniform(0.9, 1.6)
+            if rng.uniform() < 0.6:
+                # metaphase plate: dark bar with chromosome arms sticking out
+                parts.append((cx, cy, (half - 0.5) * um, rng.uniform(1.7, 2.3) * um, phi, rng.uniform(1.3, 1.7)))
+                for _ in range(int(rng.integers(14, 22))):
+                    t = rng.uniform(-half + 0.8, half - 0.8)
+                    o = rng.normal(0.0, 1.0)
                     px, py = cx + (t * c - o * s) * um, cy + (t * s + o * c) * um
-                    parts.append((px, py, la * um, rng.uniform(0.35, 0.6) * um, ang, rng.uniform(1.4, 2.2)))
-            else:  # prometaphase clump: irregular knot with radiating arms
+                    parts.append((
+                        px, py, rng.uniform(1.4, 2.4) * um, rng.uniform(0.4, 0.65) * um,
+                        phi + np.pi / 2 + rng.normal(0.0, 0.5), rng.uniform(1.3, 2.1),
+                    ))
+            else:
+                # prometaphase clump: irregular knot with radiating arms
                 for _ in range(int(rng.integers(3, 6))):
-                    r = rng.uniform(0.0, half - 3.0)
+                    r = rng.uniform(0.0, half - 2.8)
                     a = rng.uniform(0, 2 * np.pi)
                     parts.append((
                         cx + r * math.cos(a) * um, cy + r * math.sin(a) * um,
-                        rng.uniform(2.0, 3.0) * um, rng.uniform(1.5, 2.4) * um,
+                        rng.uniform(2.0, 3.0) * um, rng.uniform(1.6, 2.4) * um,
                         rng.uniform(0, np.pi), rng.uniform(1.2, 1.5),
                     ))
-                for _ in range(int(rng.integers(12, 20))):
+                for _ in range(int(rng.integers(14, 22))):
                     a = rng.uniform(0, 2 * np.pi)
-                    r = rng.uniform(half - 3.5, half - 1.4)
-                    la = rng.uniform(0.9, 1.5)
+                    r = rng.uniform(half - 3.0, half - 1.2)
                     parts.append((
                         cx + r * math.cos(a) * um, cy + r * math.sin(a) * um,
-                        la * um, rng.uniform(0.35, 0.6) * um,
-                        a + rng.normal(0.0, 0.4), rng.uniform(1.4, 2.2),
+                        rng.uniform(1.1, 1.8) * um, rng.uniform(0.4, 0.65) * um,
+                        a + rng.normal(0.0, 0.4), rng.uniform(1.3, 2.1),
                     ))
-            hr = (half + 3.0) * um
-            halos.append((cx, cy, hr, hr * rng.uniform(0.8, 1.0), phi, 1.0))
+            hr = (half + 2.5) * um
+            halos.append((cx, cy, hr, hr * rng.uniform(0.75, 1.0), phi, 1.0))
         self._mit_parts = np.array(parts, dtype=np.float64).reshape(-1, 6)
         self._mit_halos = np.array(halos, dtype=np.float64).reshape(-1, 6)
 
     # ---------------------------------------------------------------- nuclei
     def _nuclei(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-        """Nuclei whose centres lie in ``[x0, x1) x [y0, y1)``: rows x, y, a, b, theta, c_H."""
+        """Nuclei centred in ``[x0, x1) x [y0, y1)``: rows x, y, a, b, theta, c_H.
+
+        Candidates are drawn per cell from a hash of the cell index and
+        thinned by the local density (an inhomogeneous Poisson-like process).
+        """
         um = 1.0 / self.mpp
         cell = _NUC_CELL_UM * um
         cx0, cx1 = math.floor(x0 / cell), math.floor(x1 / cell)
         cy0, cy1 = math.floor(y0 / cell), math.floor(y1 / cell)
         ncx, ncy = cx1 - cx0 + 1, cy1 - cy0 + 1
-        # densities at the cell corners, interpolated inside each cell
+        # densities at the cell corners, interpolated bilinearly inside each cell
         xs = np.arange(cx0, cx1 + 2) * cell
         ys = np.arange(cy0, cy1 + 2) * cell
         dens = self._density_grid(xs, ys, cell / 2.0)
         blend = _noise_grid(self.blend_specs, xs, ys, cell / 2.0)
-        ci = np.repeat(np.arange(ncx)[None, :], ncy, 0).ravel()
-        cj = np.repeat(np.arange(ncy)[:, None], ncx, 1).ravel()
-        k = np.arange(_NUC_PER_CELL)
-        cells_i = np.repeat(ci, _NUC_PER_CELL)
-        cells_j = np.repeat(cj, _NUC_PER_CELL)
-        kk = np.tile(k, ci.size)
-        h = _hash3(cells_i + cx0, cells_j + cy0, kk, self.nuc_salt)
-        u = (h & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21))
-        v = ((h >> _S21) & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21))
+        kper = _NUC_PER_CELL
+        ci = np.repeat(np.tile(np.arange(ncx), ncy), kper)
+        cj = np.repeat(np.repeat(np.arange(ncy), ncx), kper)
+        kk = np.tile(np.arange(kper), ncx * ncy)
+        h = _hash3(ci + cx0, cj + cy0, kk, self.nuc_salts[0])
+        inv21 = np.float32(1.0 / (1 << 21))
+        u = (h & _MASK21).astype(np.float32) * inv21
+        v = ((h >> _S21) & _MASK21).astype(np.float32) * inv21
         acc = (h >> _S42).astype(np.float32) * np.float32(1.0 / (1 << 22))
-        x = (cells_i + cx0 + u) * cell
-        y = (cells_j + cy0 + v) * cell
-        inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+        x = (ci + cx0 + u) * cell
+        y = (cj + cy0 + v) * cell
 
         def interp(g: np.ndarray) -> np.ndarray:
-            return (
-                (g[cells_j, cells_i] * (1 - u) + g[cells_j, cells_i + 1] * u) * (1 - v)
-                + (g[cells_j + 1, cells_i] * (1 - u) + g[cells_j + 1, cells_i + 1] * u) * v
-            )
+            return (g[cj, ci] * (1 - u) + g[cj, ci + 1] * u) * (1 - v) + (
+                g[cj + 1, ci] * (1 - u) + g[cj + 1, ci + 1] * u
+            ) * v
 
-        rho_max = _NUC_PER_CELL / (_NUC_CELL_UM * _NUC_CELL_UM)
-        ds_ = [interp(d) for d in dens]
-        total = ds_[0] + ds_[1] + ds_[2]
-        keep = inside & (acc * np.float32(rho_max) < total)
+        rho_max = kper / (_NUC_CELL_UM * _NUC_CELL_UM)
+        dd = [interp(d) for d in dens]
+        total = dd[0] + dd[1] + dd[2]
+        keep = (x >= x0) & (x < x1) & (y >= y0) & (y < y1) & (acc * np.float32(rho_max) < total)
         if self.mitoses.size:
-            near = (np.abs(self.mitoses[:, 0] - (x0 + x1) / 2) < (x1 - x0) / 2 + 10 * um) & (
-                np.abs(self.mitoses[:, 1] - (y0 + y1) / 2) < (y1 - y0) / 2 + 10 * um
-            )
-            for mx, my in self.mitoses[near]:
+            pad = 10 * um
+            m = self.mitoses
+            near = (m[:, 0] > x0 - pad) & (m[:, 0] < x1 + pad) & (m[:, 1] > y0 - pad) & (m[:, 1] < y1 + pad)
+            for mx, my in m[near]:
                 keep &= (x - mx) ** 2 + (y - my) ** 2 > (7.0 * um) ** 2
         idx = np.flatnonzero(keep)
         if idx.size == 0:
             return np.zeros((0, 6))
         x, y, total = x[idx], y[idx], total[idx]
-        s_d, t_d = ds_[0][idx], ds_[1][idx]
+        s_d, t_d = dd[0][idx], dd[1][idx]
         bl = interp(blend)[idx]
-        h2 = _hash3(cells_i[idx] + cx0, cells_j[idx] + cy0, kk[idx], self.nuc_salt2)
-        h3 = _hash3(cells_i[idx] + cx0, cells_j[idx] + cy0, kk[idx], self.nuc_salt3)
-        r_type = (h2 & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21)) * total
-        r_len = ((h2 >> _S21) & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21))
+        h2 = _hash3(ci[idx] + cx0, cj[idx] + cy0, kk[idx], self.nuc_salts[1])
+        h3 = _hash3(ci[idx] + cx0, cj[idx] + cy0, kk[idx], self.nuc_salts[2])
+        r_type = (h2 & _MASK21).astype(np.float32) * inv21 * total
+        r_len = ((h2 >> _S21) & _MASK21).astype(np.float32) * inv21
         r_asp = (h2 >> _S42).astype(np.float32) * np.float32(1.0 / (1 << 22))
-        r_dark = (h3 & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21))
-        r_ang = ((h3 >> _S21) & _MASK21).astype(np.float32) * np.float32(1.0 / (1 << 21))
+        r_dark = (h3 & _MASK21).astype(np.float32) * inv21
+        r_ang = ((h3 >> _S21) & _MASK21).astype(np.float32) * inv21
         typ = np.where(r_type < s_d, 0, np.where(r_type < s_d + t_d, 1, 2))
-        out = np.empty((idx.size, 6))
-        out[:, 0], out[:, 1] = x, y
         lengths = np.array([t[0] for t in _NUC_TYPES])[typ]
         aspects = np.array([t[1] for t in _NUC_TYPES])[typ]
         darks = np.array([t[2] for t in _NUC_TYPES])[typ]
+        out = np.empty((idx.size, 6))
+        out[:, 0], out[:, 1] = x, y
         a = (lengths[:, 0] + r_len * (lengths[:, 1] - lengths[:, 0])) * 0.5 * um
         out[:, 2] = a
         out[:, 3] = a * (aspects[:, 0] + r_asp * (aspects[:, 1] - aspects[:, 0]))
-        fib_dir = np.where(bl < 0, self.fib_theta[0], self.fib_theta[1]) + (r_ang - 0.5) * 0.7
+        # spindle (stromal) nuclei lie along the local collagen, others at random
+        fib_dir = np.where(bl < 0, self.fib_theta[0], self.fib_theta[1]) + (r_ang - 0.5) * 0.6
         out[:, 4] = np.where(typ == 0, fib_dir, r_ang * np.pi)
         out[:, 5] = darks[:, 0] + r_dark * (darks[:, 1] - darks[:, 0])
         return out
@@ -885,18 +975,29 @@ class _SlideModel:
     def _splat(
         self, objs: np.ndarray, x0: float, y0: float, w: int, h: int, ds: int, rim: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Accumulate soft ellipses: (sum of c_H * coverage, sum of coverage) per pixel."""
-        acc_h = np.zeros(w * h, np.float64)
-        acc_c = np.zeros(w * h, np.float64)
+        """Draw soft, area-preserving ellipses: (sum of c_H * coverage, sum of coverage).
+
+        ``objs`` rows are x, y, a, b, theta, c_H in level-0 units (``a >= b``).
+        """
         if objs.shape[0] == 0:
-            return acc_h.reshape(h, w).astype(np.float32), acc_c.reshape(h, w).astype(np.float32)
-        soft = max(1.2, float(ds))  # edge width, level-0 px
-        chunk = max(1, 400_000 // ((2 * int(math.ceil(objs[:, 2].max() / ds + soft / ds)) + 3) ** 2))
+            return np.zeros((h, w), np.float32), np.zeros((h, w), np.float32)
+        soft = max(1.2, float(ds))  # width of the anti-aliased edge, level-0 px
+        r_all = int(math.ceil((objs[:, 2].max() + 0.5 * soft) / ds + 0.5))
+        # accumulate on a padded canvas so that no patch pixel needs a bounds check
+        pw, ph_ = w + 2 * r_all, h + 2 * r_all
+        acc_h = np.zeros(pw * ph_, np.float64)
+        acc_c = np.zeros(pw * ph_, np.float64)
+        inside = (
+            (objs[:, 0] + objs[:, 2] + soft > x0) & (objs[:, 0] - objs[:, 2] - soft < x0 + w * ds)
+            & (objs[:, 1] + objs[:, 2] + soft > y0) & (objs[:, 1] - objs[:, 2] - soft < y0 + h * ds)
+        )
+        objs = objs[inside]
+        chunk = max(1, 300_000 // (2 * r_all + 1) ** 2)
         for s0 in range(0, objs.shape[0], chunk):
             o = objs[s0 : s0 + chunk]
             px = (o[:, 0] - x0) / ds - 0.5
             py = (o[:, 1] - y0) / ds - 0.5
-            r = int(math.ceil(o[:, 2].max() / ds + soft / ds)) + 1
+            r = int(math.ceil((o[:, 2].max() + 0.5 * soft) / ds + 0.5))
             off = np.arange(-r, r + 1)
             ix = np.rint(px).astype(np.int64)[:, None] + off[None, :]
             iy = np.rint(py).astype(np.int64)[:, None] + off[None, :]
@@ -906,144 +1007,213 @@ class _SlideModel:
             s = np.sin(o[:, 4]).astype(np.float32)[:, None, None]
             ia = (1.0 / o[:, 2]).astype(np.float32)[:, None, None]
             ib = (1.0 / o[:, 3]).astype(np.float32)[:, None, None]
-            uu = (dx * c + dy * s) * ia
-            vv = (dy * c - dx * s) * ib
+            uu = dx * (c * ia) + dy * (s * ia)
+            vv = dy * (c * ib) - dx * (s * ib)
             q2 = uu * uu + vv * vv
-            g = 2.0 * np.sqrt((uu * ia) ** 2 + (vv * ib) ** 2) + np.float32(1e-6)
-            cov = _clip01(np.float32(0.5) - (q2 - np.float32(1.0)) / (g * np.float32(soft)))
-            tot = cov.sum(axis=(1, 2))
+            # first-order signed distance to the outline, then pixel coverage
+            g = np.sqrt((uu * ia) ** 2 + (vv * ib) ** 2)
+            g *= np.float32(2.0 * soft)
+            g += np.float32(1e-6)
+            cov = q2 - np.float32(1.0)
+            cov /= g
+            cov = _clip01(np.float32(0.5) - cov)
+            tot = cov.sum(axis=(1, 2), dtype=np.float64)
             area = np.pi * o[:, 2] * o[:, 3] / (ds * ds)
             scale = np.where(tot > 0, area / np.maximum(tot, 1e-12), 0.0).astype(np.float32)
             cov *= scale[:, None, None]
             wh = cov * o[:, 5].astype(np.float32)[:, None, None]
-            if rim:
-                wh *= np.float32(0.75) + np.float32(0.35) * np.minimum(q2, np.float32(1.3))
-            valid = (ix >= 0) & (ix < w)
-            validy = (iy >= 0) & (iy < h)
-            m = validy[:, :, None] & valid[:, None, :]
-            flat = (iy[:, :, None] * w + ix[:, None, :])[m]
-            acc_h += np.bincount(flat, weights=wh[m], minlength=w * h)
-            acc_c += np.bincount(flat, weights=cov[m], minlength=w * h)
-        return acc_h.reshape(h, w).astype(np.float32), acc_c.reshape(h, w).astype(np.float32)
+            if rim:  # chromatin condensed under the nuclear membrane
+                np.minimum(q2, np.float32(1.2), out=q2)
+                q2 *= np.float32(0.2)
+                q2 += np.float32(0.85)
+                wh *= q2
+            flat = ((iy + r_all) * pw)[:, :, None] + (ix + r_all)[:, None, :]
+            flat = flat.ravel()
+            ok = (flat >= 0) & (flat < pw * ph_)
+            if not ok.all():  # (only for objects far outside the region)
+                flat, whf, covf = flat[ok], wh.ravel()[ok], cov.ravel()[ok]
+            else:
+                whf, covf = wh.ravel(), cov.ravel()
+            acc_h += np.bincount(flat, weights=whf, minlength=pw * ph_)
+            acc_c += np.bincount(flat, weights=covf, minlength=pw * ph_)
+        sl = (slice(r_all, r_all + h), slice(r_all, r_all + w))
+        return (
+            acc_h.reshape(ph_, pw)[sl].astype(np.float32),
+            acc_c.reshape(ph_, pw)[sl].astype(np.float32),
+        )
 
-    def _parts_in(self, parts: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    @staticmethod
+    def _parts_in(parts: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
         if parts.shape[0] == 0:
             return parts
         r = parts[:, 2]
         sel = (parts[:, 0] + r > x0) & (parts[:, 0] - r < x1) & (parts[:, 1] + r > y0) & (parts[:, 1] - r < y1)
         return parts[sel]
 
+    def _coverage(self, x0: float, y0: float, w: int, h: int, ds: int) -> int:
+        """0 if the region certainly holds no tissue, 2 if it is certainly all
+        tissue, else 1.
+
+        The smooth tissue field of a region is interpolated from its anchor
+        values, so it lies between their extremes; the ragged outline and the
+        anti-aliased edge add bounded terms.
+        """
+        xs = x0 + (np.array([0, w - 1]) + 0.5) * ds
+        ys = y0 + (np.array([0, h - 1]) + 0.5) * ds
+        _, _, tc = self._tissue_anchor(xs, ys, ds)
+        off = self.grad * (_bound(self.rag_specs, ds) + 0.5 * max(self.edge_w, float(ds))) + 1e-3
+        if float(tc.max()) + off < self.thr:
+            return 0
+        if float(tc.min()) - off > self.thr:
+            return 2
+        return 1
+
     def is_glass(self, x0: float, y0: float, w: int, h: int, ds: int) -> bool:
-        """True if the region certainly holds no tissue (conservative bound)."""
-        tmax_off = self.grad * (_bound(self.rag_specs, ds)[0] + 0.5 * max(self.edge_w, ds))
-        _, lip = _bound(self.t_specs, ds)
-        lip += 3.0 / (0.06 * self.size) * 2.0
-        cmin = min(c for _, c, _ in self.t_specs)
-        step = max(1.0, min(8.0 * ds, cmin / 12.0))
-        xa, xb = x0 + 0.5 * ds, x0 + (w - 0.5) * ds
-        ya, yb = y0 + 0.5 * ds, y0 + (h - 0.5) * ds
-        xs = np.linspace(xa, xb, max(2, int(math.ceil((xb - xa) / step)) + 1))
-        ys = np.linspace(ya, yb, max(2, int(math.ceil((yb - ya) / step)) + 1))
-        sx = (xb - xa) / (len(xs) - 1)
-        sy = (yb - ya) / (len(ys) - 1)
-        t = float(self._tissue_coarse_grid(xs, ys, ds).max())
-        return t + lip * 0.5 * (sx + sy) + tmax_off < self.thr
+        """True if the region certainly holds no tissue."""
+        return self._coverage(x0, y0, w, h, ds) == 0
 
     def render_tile(self, x0: float, y0: float, w: int, h: int, ds: int) -> np.ndarray | None:
         """Render a region, or return None if it is glass only (see :meth:`glass`)."""
-        if self.is_glass(x0, y0, w, h, ds):
+        cov = self._coverage(x0, y0, w, h, ds)
+        if cov == 0:
             return None
-        return self.render(x0, y0, w, h, ds)
+        return self.render(x0, y0, w, h, ds, _all_tissue=cov == 2)
 
-    def render(self, x0: float, y0: float, w: int, h: int, ds: int) -> np.ndarray:
+    def render(
+        self, x0: float, y0: float, w: int, h: int, ds: int, *, _all_tissue: bool = False
+    ) -> np.ndarray:
         """Render the ``h x w`` RGB region at downsample ``ds`` (a power of two)."""
-        ds = int(ds)
         f32 = np.float32
+        ds = int(ds)
         xs = x0 + (np.arange(w) + 0.5) * ds
         ys = y0 + (np.arange(h) + 0.5) * ds
         um = 1.0 / self.mpp
-        pix_um = ds * self.mpp
-
-        t = self._tissue_coarse_grid(xs, ys, ds)
-        t += f32(self.grad) * _noise_grid(self.rag_specs, xs, ys, ds)
-        ew = max(self.edge_w, float(ds))
-        mask = _clip01((t - f32(self.thr)) / f32(self.grad * ew) + f32(0.5))
-        if not mask.any():
-            return self.glass(x0, y0, w, h, ds)
-
-        zone = _noise_grid(self.zone_specs, xs, ys, ds)
-        nest = _noise_grid(self.nest_specs, xs, ys, ds)
-        lymph = _noise_grid(self.lymph_specs, xs, ys, ds)
-        lumen = _noise_grid(self.lumen_specs, xs, ys, ds)
-        tw, lw, lu = self._regions(zone, nest, lymph, lumen)
-        lw *= f32(1.0) - tw
-        sw = _clip01(f32(1.0) - tw - lw)
-        tissue = mask * (f32(1.0) - lu)
-        stain = f32(1.0) + f32(0.12) * _noise_grid(self.stain_specs, xs, ys, ds)
-        eos = f32(1.0) + f32(0.15) * _noise_grid(self.eos_specs, xs, ys, ds)
-
-        # collagen: two families of wavy bands, domain-warped sinusoids
         lam = self.fib_lambda
         fib_w = min(max((lam / ds - 2.0) / 2.0, 0.0), 1.0)
-        fibre = np.full((h, w), f32(0.6875))
+        fields = [[] if _all_tissue else self.rag_specs, self.zone_specs, self.nest_specs, self.lymph_specs,
+                  self.lumen_specs, self.stain_specs, self.eos_specs, self.blend_specs]
         if fib_w > 0:
-            wx = _noise_grid(self.warpx_specs, xs, ys, ds)
-            wy = _noise_grid(self.warpy_specs, xs, ys, ds)
-            bl = _clip01(_noise_grid(self.blend_specs, xs, ys, ds) / f32(0.25) + f32(0.5))
+            fields += [*self.warp_specs, self.jit_specs]
+        nz = _noise_fields(fields, xs, ys, ds)
+        rag, zone, nest, lymph, lumen, stain, eos, blend = nz[:8]
+
+        if _all_tissue:
+            tissue = None
+        else:
+            t = self._tissue_smooth(xs, ys, ds)
+            t += f32(self.grad) * rag
+            ew = max(self.edge_w, float(ds))
+            tissue = _clip01((t - f32(self.thr)) / f32(self.grad * ew) + f32(0.5))
+            if not tissue.any():
+                return self.glass(x0, y0, w, h, ds)
+
+        tw, lw, lu = self._regions(zone, nest, lymph, lumen)
+        if lu.any():
+            tissue = f32(1.0) - lu if tissue is None else tissue * (f32(1.0) - lu)
+        if not lw.any():
+            lw = None
+            sw = f32(1.0) - tw
+        else:
+            lw *= f32(1.0) - tw
+            sw = _clip01(f32(1.0) - tw - lw)
+        stain = f32(1.0) + f32(0.12) * stain
+        eos = f32(1.0) + f32(0.15) * eos
+        bl = _clip01(blend / f32(0.08) + f32(0.5))
+
+        # collagen: two families of wavy bands (domain-warped quasi-periodic
+        # stripes), blended by a slowly varying weight
+        fmean = f32(0.6875)
+        if fib_w > 0:
+            fams = [i for i, used in enumerate((bl.min() < 1.0, bl.max() > 0.0)) if used]
             k = 2.0 * np.pi / lam
-            fams = []
-            for th in self.fib_theta:
+            cleft = None
+            for i in fams:
+                th = self.fib_theta[i]
                 c, s = math.cos(th), math.sin(th)
-                # phase of the pixel-centre grid, reduced modulo 2 pi in float64
-                ph = np.add.outer(np.mod(ys * s * k, 2 * np.pi), np.mod(xs * c * k, 2 * np.pi)).astype(f32)
-                ph += (wx * f32(c) + wy * f32(s)) * f32(k)
-                f = f32(0.5) - f32(0.5) * np.sin(ph)  # (1 - stripe) in [0, 1]
-                fams.append(f32(1.0) - f * f * f)
+                warp = nz[8 + i]
+                st = None
+                for kf, wt, jit in ((k, 0.62, False), (1.618 * k, 0.38, True)):
+                    # phase of the pixel-centre grid, reduced modulo 2 pi in float64
+                    ph = np.add.outer(
+                        np.mod(ys * (s * kf), 2 * np.pi).astype(f32),
+                        np.mod(xs * (c * kf), 2 * np.pi).astype(f32),
+                    )
+                    if jit:
+                        ph += warp * f32(1.618)
+                        ph += nz[10]
+                    else:
+                        ph += warp
+                    term = np.sin(ph, out=ph)
+                    term *= f32(wt)
+                    st = term if st is None else st.__iadd__(term)
+                f = _clip01(f32(0.5) - f32(0.6) * st)
+                f3 = f * f
+                f3 *= f  # clefts between collagen bundles
+                if len(fams) == 2:
+                    f3 *= bl if i == 1 else (f32(1.0) - bl)
+                cleft = f3 if cleft is None else cleft.__iadd__(f3)
             brk = self._tex_sample(2, x0, y0, w, h, ds)
-            fb = (fams[0] * (f32(1.0) - bl) + fams[1] * bl) * (f32(0.8) + f32(0.25) * brk)
-            fibre = fibre + f32(fib_w) * (fb - fibre)
-        fib_mod = f32(1.0) + f32(1.1) * (fibre - f32(0.6875))
+            cleft *= _clip01(f32(0.55) + f32(0.6) * brk)  # interrupted clefts
+            fb = f32(1.0) - cleft
+            fb *= f32(0.9) + f32(0.12) * brk
+            fibre = fmean + f32(fib_w) * (fb - fmean)
+        else:
+            fibre = np.full((h, w), fmean)
+        fib_mod = f32(1.0) + f32(1.1) * (fibre - fmean)
 
         mottle = f32(1.0) + f32(0.18) * self._tex_sample(1, x0, y0, w, h, ds)
-        c_e = sw * f32(0.30) * eos * fib_mod + tw * f32(0.17) * mottle + lw * f32(0.20) * mottle
-        c_h = sw * f32(0.06) + tw * f32(0.11) * mottle + lw * f32(0.09)
+        c_e = sw * f32(0.22)
+        c_e *= eos
+        c_e *= fib_mod
+        c_h = sw * f32(0.035)
+        if tw.any():
+            c_e += tw * f32(0.14) * mottle
+            c_h += tw * f32(0.10) * mottle
+        if lw is not None:
+            c_e += lw * f32(0.17) * mottle
+            c_h += lw * f32(0.08)
 
-        # nuclei
+        # nuclei: one by one at fine levels, their expected density at coarse ones
         x1, y1 = x0 + w * ds, y0 + h * ds
-        if pix_um <= _NUCLEI_MAX_PIXEL_UM:
+        if ds * self.mpp <= _NUCLEI_MAX_PIXEL_UM:
             margin = _NUC_MARGIN_UM * um + 2 * ds
             nuc = self._nuclei(x0 - margin, y0 - margin, x1 + margin, y1 + margin)
             n_h, n_c = self._splat(nuc, x0, y0, w, h, ds, rim=True)
-            chrom = self._tex_sample(0, x0, y0, w, h, ds)
-            n_h *= f32(1.0) + f32(0.35) * chrom
+            n_h *= f32(1.0) + f32(0.3) * self._tex_sample(0, x0, y0, w, h, ds)
         else:
-            dens = self._density_grid(xs, ys, ds)
             n_h = np.zeros((h, w), f32)
             n_c = np.zeros((h, w), f32)
-            for d, (area, mass) in zip(dens, self._nuc_mass, strict=True):
+            for d, (area, mass) in zip(self._density_grid(xs, ys, ds), self._nuc_mass, strict=True):
                 n_h += d * f32(mass)
                 n_c += d * f32(area)
-        # mitoses
+        # mitotic figures, with a pale halo of cleared cytoplasm
         mit = self._parts_in(self._mit_parts, x0, y0, x1, y1)
         if mit.shape[0]:
             m_h, _ = self._splat(mit, x0, y0, w, h, ds, rim=False)
             n_h += m_h
             halo = self._parts_in(self._mit_halos, x0, y0, x1, y1)
             _, hc = self._splat(halo, x0, y0, w, h, ds, rim=False)
-            c_e *= f32(1.0) - f32(0.6) * np.minimum(hc, f32(1.0))
+            c_e *= f32(1.0) - f32(0.45) * np.minimum(hc, f32(1.0))
         c_e *= f32(1.0) - f32(0.6) * np.minimum(n_c, f32(1.0))
         c_h += n_h
-        k_all = tissue * stain
+        k_all = stain if tissue is None else tissue * stain
         c_h *= k_all
         c_e *= k_all
 
-        glass_n = self._tex_sample(3, x0, y0, w, h, ds)
+        # Beer-Lambert: RGB = I0 * 10^-OD, plus faint glass noise
+        glass_n = self._tex_sample(3, x0, y0, w, h, ds) * f32(0.6)
+        glass_n += f32(0.5)  # rounding
         out = np.empty((h, w, 3), np.uint8)
+        c_h *= f32(-_LN10)
+        c_e *= f32(-_LN10)
         for ch in range(3):
-            od = c_h * f32(_H_OD[ch]) + c_e * f32(_E_OD[ch]) + f32(_GLASS_OD[ch])
-            val = np.exp(od * f32(-_LN10)) * f32(255.0) + glass_n * f32(0.6)
-            np.clip(val, 0.0, 255.0, out=val)
-            out[:, :, ch] = np.rint(val)
+            od = c_h * f32(_H_OD[ch])
+            od += c_e * f32(_E_OD[ch])
+            val = np.exp(od, out=od)
+            val *= f32(_GLASS_RGB[ch])
+            val += glass_n
+            np.maximum(val, f32(0.0), out=val)
+            out[:, :, ch] = val
         return out
 
 
@@ -1053,7 +1223,7 @@ def _make_textures(rng: np.random.Generator, mpp: float) -> np.ndarray:
     Channels: 0 chromatin, 1 cytoplasm mottling, 2 collagen breaks, 3 glass.
     """
     p = _TEX_PERIOD
-    sig_px = [0.35 / mpp, 1.2 / mpp, 2.5 / mpp, 0.7]
+    sig_px = [0.6 / mpp, 1.2 / mpp, 2.5 / mpp, 0.7]
     white = rng.standard_normal((len(sig_px), p, p))
     f = np.fft.fftfreq(p)
     f2 = f[:, None] ** 2 + f[None, :] ** 2

@@ -23,7 +23,8 @@ h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;border-bottom:1px so
 .sub{color:#666;margin-top:0}.warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5rem 1rem}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;
 font-size:.9rem}th{background:#f4f4f4}.figs{display:flex;flex-wrap:wrap;gap:1rem}figure{margin:0;flex:1 1 360px}
-figure img{width:100%;height:auto;border:1px solid #ccc;image-rendering:auto}figcaption{font-size:.85rem;color:#555}
+figure img{width:100%;height:auto;border:1px solid #ccc;image-rendering:auto}
+.plots figure{flex:0 1 480px}figcaption{font-size:.85rem;color:#555}
 footer{margin-top:3rem;color:#888;font-size:.8rem}
 """
 
@@ -59,6 +60,7 @@ def write_report(
     subtitle: str = "",
     warnings: Sequence[str] = (),
     figures: Sequence[tuple[str, np.ndarray | bytes]] = (),
+    plots: Sequence[tuple[str, bytes]] = (),
     sections: Sequence[tuple[str, Mapping[str, Any] | Sequence[Sequence[Any]], Sequence[str] | None]] = (),
 ) -> Path:
     """Write a self-contained report.html.
@@ -66,7 +68,9 @@ def write_report(
     Parameters
     ----------
     figures : sequence of (caption, image)
-        Images (HxWx3 uint8 or PNG bytes), embedded inline.
+        Slide images (HxWx3 uint8, embedded as JPEG, or PNG bytes), side by side.
+    plots : sequence of (caption, png bytes)
+        Charts, shown at their natural size.
     sections : sequence of (heading, rows, header)
         Tables: rows as a mapping (key/value table) or a list of rows with a header.
     """
@@ -82,6 +86,14 @@ def write_report(
         for caption, img in figures:
             parts.append(
                 f"<figure><img alt='{html.escape(caption)}' src='{png_data_uri(img)}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+        parts.append("</div>")
+    if plots:
+        parts.append("<h2>Plots</h2><div class='figs plots'>")
+        for caption, png in plots:
+            parts.append(
+                f"<figure><img alt='{html.escape(caption)}' src='{png_data_uri(png)}'>"
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
         parts.append("</div>")

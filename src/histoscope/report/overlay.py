@@ -17,7 +17,7 @@ def overlay_mask(
     *,
     color: tuple[int, int, int] = (0, 170, 80),
     dim: float = 0.45,
-    outline: int = 2,
+    outline: int | None = None,
 ) -> np.ndarray:
     """Outline ``mask`` on ``thumbnail`` (HxWx3 uint8) and dim what lies outside it.
 
@@ -32,6 +32,8 @@ def overlay_mask(
     inside = np.asarray(soft) >= 0.5
     out = thumbnail.astype(np.float32)
     out[~inside] = out[~inside] * (1 - dim) + np.float32(90) * dim
+    if outline is None:
+        outline = max(2, round(max(h, w) / 400))
     if outline:
         edge = inside & ~ndi.binary_erosion(inside, iterations=outline)
         out[edge] = np.asarray(color, np.float32)
@@ -43,12 +45,18 @@ def draw_tiles(
     table: pd.DataFrame,
     *,
     slide_dimensions: tuple[int, int],
-    color: tuple[int, int, int] = (30, 90, 220),
-    width: int = 1,
+    color: tuple[int, int, int] = (20, 70, 230),
+    width: int | None = None,
 ) -> np.ndarray:
-    """Draw the outline of every tile of a tile table on ``thumbnail``."""
+    """Draw the outline of every tile of a tile table on ``thumbnail``.
+
+    ``width`` defaults to about 1/500 of the thumbnail's longer side (at least 1 px), so
+    the grid stays visible when the image is shown scaled down.
+    """
     img = Image.fromarray(thumbnail)
     draw = ImageDraw.Draw(img)
+    if width is None:
+        width = max(1, round(max(thumbnail.shape[:2]) / 500))
     sx = thumbnail.shape[1] / slide_dimensions[0]
     sy = thumbnail.shape[0] / slide_dimensions[1]
     for x, y, w, h in table[["x", "y", "w0", "h0"]].itertuples(index=False):
