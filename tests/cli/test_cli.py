@@ -103,3 +103,27 @@ def test_console_script_runs(cmu_svs):
     exe = [sys.executable, "-m", "histoscope.cli.main", "info", str(cmu_svs)]
     p = subprocess.run(exe, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "openslide" in p.stdout
+
+
+def test_tile_with_user_masks(tmp_path, cmu_svs):
+    """An annotation mask over the top half keeps only tiles at least 50% inside it; wrong shapes fail clearly."""
+    import numpy as np
+    from PIL import Image
+
+    W, H = 2220, 2967
+    ann = np.zeros((H // 10, W // 10), np.uint8)
+    ann[: ann.shape[0] // 2] = 255
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.fromarray(ann).save(masks / "CMU-1-Small-Region.png")
+    full = tmp_path / "full.png"
+    Image.fromarray(np.full((H // 10, W // 10), 255, np.uint8)).save(full)
+    r = run("tile", str(cmu_svs), "--tissue-mask", str(full), "--min-tissue", "1", "--annotation", str(masks), "--out", str(tmp_path / "o"), "-q")
+    assert r.exit_code == 0, r.output
+    t = pd.read_csv(tmp_path / "o" / "CMU-1-Small-Region-tiles.csv")
+    assert len(t) > 0 and (t["annotation"] >= 0.5).all() and (t["y"] + t["h0"] / 2 <= H / 2 + 1).all()
+    assert (t["tissue"] == 1.0).all()
+    bad = tmp_path / "bad.png"
+    Image.fromarray(np.full((50, 300), 255, np.uint8)).save(bad)
+    r = run("tile", str(cmu_svs), "--annotation", str(bad), "--out", str(tmp_path / "o2"), "-q")
+    assert r.exit_code == 1 and "does not match slide" in r.output
