@@ -16,13 +16,18 @@ eosin concentrations (Beer-Lambert): ``OD = c_H * h + c_E * e`` and
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import math
 import numbers
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections import OrderedDict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import imagecodecs
@@ -32,7 +37,7 @@ import tifffile
 from .._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     import pandas as pd
 
@@ -55,6 +60,8 @@ _TEX_PERIOD = 512  # period (level-0 px) of the fine periodic textures
 _NUCLEI_MAX_PIXEL_UM = 4.0
 _NUC_CELL_UM = 16.0  # nuclei candidates live on a grid of cells of this size
 _NUC_PER_CELL = 8  # candidates per cell (upper bound on the local density)
+_NUC_BLOCK = 16  # nuclei are generated (and memoised) in blocks of cells this wide
+_NUC_CACHE_BLOCKS = 512  # memoised blocks (some tens of MB at most)
 _NUC_MARGIN_UM = 5.0  # largest nucleus semi-axis
 _MITOSIS_MARGIN_UM = 8.0  # largest distance of a mitotic figure part from its centre
 
@@ -65,7 +72,17 @@ _NUC_LYMPH = ((5.0, 5.8), (0.85, 1.00), (0.85, 1.15), 1.0 / 42.0)
 _NUC_TYPES = (_NUC_STROMA, _NUC_TUMOUR, _NUC_LYMPH)
 _RIM_MEAN = 0.95  # mean of the nuclear rim profile 0.85 + 0.2 * q^2 over an ellipse
 
-_DEMO = {"width": 12000, "height": 9000, "mpp": 0.5, "seed": 0}
+# parameters of the bundled demo slide (see demo_slide)
+_DEMO: dict[str, Any] = {
+    "width": 12000,
+    "height": 9000,
+    "mpp": 0.5,
+    "seed": 0,
+    "tile": 256,
+    "n_mitoses": 20,
+    "tissue_fraction": 0.45,
+    "jpeg_quality": 85,
+}
 
 # 64-bit hashing (splitmix64 finaliser) for the lattice values and objects.
 _K1 = np.uint64(0x9E3779B97F4A7C15)
@@ -210,10 +227,9 @@ def synthetic_slide(
     Raises
     ------
     ValueError
-        If an argument is out of range, or the tissue is too small to hold
+        If an argument has the wrong type or is out of range (the message shows
+        the value received), or if the tissue is too small to hold
         ``n_mitoses`` figures.
-    TypeError
-        If an argument has the wrong type.
     FileNotFoundError
         If the parent directory of ``path`` does not exist.
     IsADirectoryError
@@ -246,22 +262,20 @@ def synthetic_slide(
     if path.is_dir():
         raise IsADirectoryError(f"slide path is a directory: {str(path)!r}")
 
-    model = _SlideModel(width, height, mpp, seed, tissue_fraction, n_mitoses)
     levels = _level_dims(width, height)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
-    os.close(fd)
-    try:
-        _write_tiff(tmp, model, levels, tile, jpeg_quality, verbose)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
+    with _single_threaded_blas():  # also makes the float sums independent of threads
+        model = _SlideModel(width, height, mpp, seed, tissue_fraction, n_mitoses)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
+        os.close(fd)
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            _write_tiff(tmp, model, levels, tile, jpeg_quality, verbose)
+            _publish(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
     return SyntheticSlideInfo(
         path=path,
         width=width,
@@ -279,7 +293,8 @@ def demo_slide(
     """Return the bundled demo slide, generating it on first use.
 
     The demo slide is ``synthetic_slide(width=12000, height=9000, mpp=0.5,
-    seed=0)`` with the other arguments at their defaults.  It is written once
+    seed=0)`` with the other arguments at their defaults (about 15 s to
+    draw).  It is written once
     into ``cache_dir`` under a name that holds the package version and the
     parameters, next to a small JSON sidecar holding the returned information,
     and reused on later calls.
@@ -307,7 +322,7 @@ def demo_slide(
         cache_dir = env if env else Path.home() / ".cache" / "histoscope"
     cache = Path(os.fspath(cache_dir)).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
-    params = dict(_DEMO, tile=256, n_mitoses=20, tissue_fraction=0.45, jpeg_quality=85)
+    params = dict(_DEMO)
     stem = (
         f"histoscope-{__version__}-demo-{params['width']}x{params['height']}"
         f"-mpp{params['mpp']:g}-seed{params['seed']}-tile{params['tile']}"
@@ -328,7 +343,7 @@ def demo_slide(
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(payload, fh)
-        os.replace(tmp, sidecar)
+        _publish(tmp, sidecar)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -343,9 +358,17 @@ def demo_slide(
 # --------------------------------------------------------------------------- #
 
 
+def _publish(tmp: str, path: Path) -> None:
+    """Give a finished temporary file the usual permissions and its final name."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def _check_int(name: str, value: Any, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {value!r}")
     value = int(value)
     if value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
@@ -355,7 +378,7 @@ def _check_int(name: str, value: Any, *, minimum: int) -> int:
 
 def _check_real(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
+        raise ValueError(f"{name} must be a real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
@@ -365,6 +388,40 @@ def _check_real(name: str, value: Any) -> float:
 # --------------------------------------------------------------------------- #
 # writing
 # --------------------------------------------------------------------------- #
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """Run OpenBLAS single-threaded for the duration (best effort, Linux only).
+
+    Each tile needs a few small matrix products that gain nothing from
+    threads, while OpenBLAS workers would spin on every other core.
+    """
+    restore = []
+    try:
+        if sys.platform.startswith("linux"):
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+                mapped = {ln.split(maxsplit=5)[-1].strip() for ln in fh}
+            libs = sorted(p for p in mapped if "openblas" in os.path.basename(p).lower())
+            names = [(p, s) for p in ("scipy_openblas", "openblas") for s in ("64_", "")]
+            for path in libs:
+                lib = ctypes.CDLL(path)
+                for prefix, suffix in names:
+                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                    put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                    if get is not None and put is not None:
+                        get.restype = ctypes.c_int
+                        put.argtypes = [ctypes.c_int]
+                        restore.append((put, int(get())))
+                        put(1)
+                        break
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        yield
+    finally:
+        for put, n in restore:
+            put(n)
 
 
 def _level_dims(width: int, height: int) -> list[tuple[int, int]]:
@@ -387,7 +444,13 @@ def _write_tiff(
 
     width, height = levels[0]
     counts = [(-(-w // tile)) * (-(-h // tile)) for w, h in levels]
-    jpeg_args = {"level": quality, "subsampling": (2, 2), "colorspace": "RGB", "outcolorspace": "YCBCR"}
+    # what tifffile itself would call for compression="jpeg" on RGB data
+    jpeg_args = {
+        "level": quality,
+        "subsampling": (2, 2),
+        "colorspace": "RGB",
+        "outcolorspace": "YCBCR",
+    }
     bar = tqdm(total=sum(counts), unit="tile", desc="synthetic slide", disable=not verbose)
     # glibc hands freed large blocks straight back to the OS, so every per-tile
     # temporary would page-fault fresh memory; freeing one large block raises
@@ -400,7 +463,7 @@ def _write_tiff(
                 ds = 1 << k
 
                 def tiles(w: int = w, h: int = h, ds: int = ds) -> Iterator[bytes]:
-                    cache: dict[tuple[int, int], bytes] = {}
+                    cache: dict[tuple[int, int, int], bytes] = {}
                     for ty in range(0, h, tile):
                         for tx in range(0, w, tile):
                             arr = model.render_tile(tx * ds, ty * ds, tile, tile, ds)
@@ -627,7 +690,9 @@ class _SlideModel:
         # Tissue: a few elliptical gaussian pieces plus slide-scale noise,
         # thresholded; the outline is roughened by absolute-scale noise.
         self.pieces = self._make_pieces(misc)
-        self.t_specs = spec((size / 2.5, 0.8), (size / 5, 0.4), (size / 10, 0.2), (size / 20, 0.1))
+        self.t_specs = spec(
+            (size / 2.5, 0.55), (size / 5, 0.28), (size / 10, 0.14), (size / 20, 0.07)
+        )
         rag = [(250.0, 50.0), (70.0, 16.0), (20.0, 4.0)]  # (cell um, displacement um)
         total = sum(a for _, a in rag) * um
         scale = min(1.0, 0.03 * size / total)
@@ -662,7 +727,8 @@ class _SlideModel:
         ny = max(8, round(nx * height / width))
         gx = (np.arange(nx) + 0.5) * (width / nx)
         gy = (np.arange(ny) + 0.5) * (height / ny)
-        tmap = self._tissue_coarse(gx, gy, 1.0, _noise_grid(self.t_specs, gx, gy, 1.0)).astype(np.float64)
+        tmap = self._tissue_coarse(gx, gy, 1.0, _noise_grid(self.t_specs, gx, gy, 1.0))
+        tmap = tmap.astype(np.float64)
         self.thr = float(np.quantile(tmap, 1.0 - tissue_fraction))
         gyy, gxx = np.gradient(tmap, gy, gx)
         grad = np.hypot(gxx, gyy)
@@ -673,6 +739,7 @@ class _SlideModel:
         self.tex = _make_textures(np.random.default_rng(s_tex), mpp)
         self._tex_pyr: dict[int, np.ndarray] = {1: self.tex}
         self._tex_tiled: dict[int, np.ndarray] = {}
+        self._nuc_cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
         self._nuc_mass = []
         for (l0, l1), (r0, r1), (c0, c1), _rho in _NUC_TYPES:
@@ -690,25 +757,30 @@ class _SlideModel:
         rows = []
         for _ in range(n):
             for _try in range(50):
-                cx = rng.uniform(0.22, 0.78) * self.width
-                cy = rng.uniform(0.22, 0.78) * self.height
-                if all(math.hypot(cx - a, cy - b) > 0.28 * self.size for a, b in centres):
+                cx = rng.uniform(0.28, 0.72) * self.width
+                cy = rng.uniform(0.28, 0.72) * self.height
+                if all(math.hypot(cx - a, cy - b) > 0.25 * self.size for a, b in centres):
                     break
             centres.append((cx, cy))
-            ra = rng.uniform(0.14, 0.26) * self.size
+            ra = rng.uniform(0.16, 0.30) * self.size
             rb = ra * rng.uniform(0.4, 0.85)
             phi = rng.uniform(0, np.pi)
             c, s = math.cos(phi), math.sin(phi)
             a_, c_ = 1.0 / (ra * ra), 1.0 / (rb * rb)
-            rows.append((cx, cy, a_ * c * c + c_ * s * s, 2.0 * (a_ - c_) * c * s, a_ * s * s + c_ * c * c, 1.0 / rb))
+            qa = a_ * c * c + c_ * s * s
+            qb = 2.0 * (a_ - c_) * c * s
+            qc = a_ * s * s + c_ * c * c
+            rows.append((cx, cy, qa, qb, qc, 1.0 / rb))
         return np.array(rows)
 
     def _penalty(self, e: np.ndarray) -> np.ndarray:
-        m = np.float32(0.1 * self.size)
+        m = np.float32(0.08 * self.size)
         p = _clip01((m - e.astype(np.float32)) / m)
         return np.float32(2.5) * p * p
 
-    def _tissue_coarse(self, xs: np.ndarray, ys: np.ndarray, ds: float, noise: np.ndarray) -> np.ndarray:
+    def _tissue_coarse(
+        self, xs: np.ndarray, ys: np.ndarray, ds: float, noise: np.ndarray
+    ) -> np.ndarray:
         """Smooth tissue field on a grid (``noise`` = fBm of ``t_specs`` on that grid)."""
         q = None
         for cx, cy, a, b, c, _ in self.pieces:
@@ -761,14 +833,17 @@ class _SlideModel:
         zw = _clip01(zone / f32(0.12) + f32(0.5))
         tw = zw * _clip01(nest / f32(0.06) + f32(0.5))
         lw = _clip01((lymph - f32(0.5)) / f32(0.08)) * (f32(1.0) - zw)
-        lu = _clip01((lumen - f32(0.66)) / f32(0.05))
+        lu = _clip01((lumen - f32(0.7)) / f32(0.05))
         return tw, lw, lu
 
     def _density_grid(self, xs: np.ndarray, ys: np.ndarray, ds: float) -> list[np.ndarray]:
         """Nucleus densities (per um^2) of the three types on a grid."""
         f32 = np.float32
         tn, rag, zone, nest, lymph, lumen = _noise_fields(
-            [self.t_specs, self.rag_specs[:2], self.zone_specs, self.nest_specs, self.lymph_specs, self.lumen_specs],
+            [
+                self.t_specs, self.rag_specs[:2], self.zone_specs,
+                self.nest_specs, self.lymph_specs, self.lumen_specs,
+            ],
             xs, ys, ds,
         )
         t = self._tissue_coarse(xs, ys, ds, tn) + f32(self.grad) * rag
@@ -842,7 +917,7 @@ class _SlideModel:
                     lumen = _noise_points(self.lumen_specs, x, y, 1.0)
                     tw, _lw, _lu = self._regions(zone, nest, lymph, lumen)
                     ok &= lumen < 0.5
-                    ok &= keep < np.where(tw > 0.9, 1.0, 0.15)
+                    ok &= keep < np.where(tw > 0.9, 1.0, 0.01)  # mostly in tumour nests
                     for xi, yi in zip(x[ok], y[ok], strict=True):
                         if all((xi - a) ** 2 + (yi - b) ** 2 >= min_dist2 for a, b in centres):
                             centres.append((float(xi), float(yi)))
@@ -867,7 +942,8 @@ class _SlideModel:
             c, s = math.cos(phi), math.sin(phi)
             if rng.uniform() < 0.6:
                 # metaphase plate: dark bar with chromosome arms sticking out
-                parts.append((cx, cy, (half - 0.5) * um, rng.uniform(1.7, 2.3) * um, phi, rng.uniform(1.3, 1.7)))
+                core_b = rng.uniform(1.7, 2.3)
+                parts.append((cx, cy, (half - 0.5) * um, core_b * um, phi, rng.uniform(1.3, 1.7)))
                 for _ in range(int(rng.integers(14, 22))):
                     t = rng.uniform(-half + 0.8, half - 0.8)
                     o = rng.normal(0.0, 1.0)
@@ -901,19 +977,44 @@ class _SlideModel:
 
     # ---------------------------------------------------------------- nuclei
     def _nuclei(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-        """Nuclei centred in ``[x0, x1) x [y0, y1)``: rows x, y, a, b, theta, c_H.
+        """Nuclei centred in ``[x0, x1) x [y0, y1)``: rows x, y, a, b, theta, c_H."""
+        block = _NUC_CELL_UM / self.mpp * _NUC_BLOCK
+        parts = [
+            self._nuclei_block(bx, by)
+            for by in range(math.floor(y0 / block), math.floor(y1 / block) + 1)
+            for bx in range(math.floor(x0 / block), math.floor(x1 / block) + 1)
+        ]
+        allv = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        x, y = allv[:, 0], allv[:, 1]
+        return allv[(x >= x0) & (x < x1) & (y >= y0) & (y < y1)]
+
+    def _nuclei_block(self, bx: int, by: int) -> np.ndarray:
+        """All nuclei of a block of cells (memoised, least recently used first out)."""
+        key = (bx, by)
+        cache = self._nuc_cache
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+            return hit
+        out = self._nuclei_cells(bx * _NUC_BLOCK, by * _NUC_BLOCK, _NUC_BLOCK, _NUC_BLOCK)
+        cache[key] = out
+        if len(cache) > _NUC_CACHE_BLOCKS:
+            cache.popitem(last=False)
+        return out
+
+    def _nuclei_cells(self, cx0: int, cy0: int, ncx: int, ncy: int) -> np.ndarray:
+        """Nuclei of cells ``[cx0, cx0 + ncx) x [cy0, cy0 + ncy)``: rows x, y, a, b, theta, c_H.
 
         Candidates are drawn per cell from a hash of the cell index and
         thinned by the local density (an inhomogeneous Poisson-like process).
         """
         um = 1.0 / self.mpp
         cell = _NUC_CELL_UM * um
-        cx0, cx1 = math.floor(x0 / cell), math.floor(x1 / cell)
-        cy0, cy1 = math.floor(y0 / cell), math.floor(y1 / cell)
-        ncx, ncy = cx1 - cx0 + 1, cy1 - cy0 + 1
+        x0, y0 = cx0 * cell, cy0 * cell
+        x1, y1 = (cx0 + ncx) * cell, (cy0 + ncy) * cell
         # densities at the cell corners, interpolated bilinearly inside each cell
-        xs = np.arange(cx0, cx1 + 2) * cell
-        ys = np.arange(cy0, cy1 + 2) * cell
+        xs = np.arange(cx0, cx0 + ncx + 1) * cell
+        ys = np.arange(cy0, cy0 + ncy + 1) * cell
         dens = self._density_grid(xs, ys, cell / 2.0)
         blend = _noise_grid(self.blend_specs, xs, ys, cell / 2.0)
         kper = _NUC_PER_CELL
@@ -936,11 +1037,12 @@ class _SlideModel:
         rho_max = kper / (_NUC_CELL_UM * _NUC_CELL_UM)
         dd = [interp(d) for d in dens]
         total = dd[0] + dd[1] + dd[2]
-        keep = (x >= x0) & (x < x1) & (y >= y0) & (y < y1) & (acc * np.float32(rho_max) < total)
+        keep = acc * np.float32(rho_max) < total
         if self.mitoses.size:
             pad = 10 * um
             m = self.mitoses
-            near = (m[:, 0] > x0 - pad) & (m[:, 0] < x1 + pad) & (m[:, 1] > y0 - pad) & (m[:, 1] < y1 + pad)
+            near = (m[:, 0] > x0 - pad) & (m[:, 0] < x1 + pad)
+            near &= (m[:, 1] > y0 - pad) & (m[:, 1] < y1 + pad)
             for mx, my in m[near]:
                 keep &= (x - mx) ** 2 + (y - my) ** 2 > (7.0 * um) ** 2
         idx = np.flatnonzero(keep)
@@ -1047,7 +1149,8 @@ class _SlideModel:
         if parts.shape[0] == 0:
             return parts
         r = parts[:, 2]
-        sel = (parts[:, 0] + r > x0) & (parts[:, 0] - r < x1) & (parts[:, 1] + r > y0) & (parts[:, 1] - r < y1)
+        sel = (parts[:, 0] + r > x0) & (parts[:, 0] - r < x1)
+        sel &= (parts[:, 1] + r > y0) & (parts[:, 1] - r < y1)
         return parts[sel]
 
     def _coverage(self, x0: float, y0: float, w: int, h: int, ds: int) -> int:
@@ -1068,10 +1171,6 @@ class _SlideModel:
             return 2
         return 1
 
-    def is_glass(self, x0: float, y0: float, w: int, h: int, ds: int) -> bool:
-        """True if the region certainly holds no tissue."""
-        return self._coverage(x0, y0, w, h, ds) == 0
-
     def render_tile(self, x0: float, y0: float, w: int, h: int, ds: int) -> np.ndarray | None:
         """Render a region, or return None if it is glass only (see :meth:`glass`)."""
         cov = self._coverage(x0, y0, w, h, ds)
@@ -1090,8 +1189,10 @@ class _SlideModel:
         um = 1.0 / self.mpp
         lam = self.fib_lambda
         fib_w = min(max((lam / ds - 2.0) / 2.0, 0.0), 1.0)
-        fields = [[] if _all_tissue else self.rag_specs, self.zone_specs, self.nest_specs, self.lymph_specs,
-                  self.lumen_specs, self.stain_specs, self.eos_specs, self.blend_specs]
+        fields = [
+            [] if _all_tissue else self.rag_specs, self.zone_specs, self.nest_specs,
+            self.lymph_specs, self.lumen_specs, self.stain_specs, self.eos_specs, self.blend_specs,
+        ]
         if fib_w > 0:
             fields += [*self.warp_specs, self.jit_specs]
         nz = _noise_fields(fields, xs, ys, ds)
