@@ -20,6 +20,7 @@ __all__ = [
     "MppUnavailableError",
     "RegionError",
     "MaskError",
+    "StainWarning",
 ]
 
 
@@ -62,3 +63,7 @@ class RegionError(HistoscopeError, ValueError):
 
 class MaskError(HistoscopeError, ValueError):
     """A mask does not fit the slide it is used with (shape, aspect ratio, dtype)."""
+
+
+class StainWarning(UserWarning):
+    """A stain estimate fell back to a reference (too little tissue, degenerate colours)."""
