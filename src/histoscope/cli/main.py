@@ -34,11 +34,13 @@ def cli(verbose: int) -> None:
 def _register() -> None:
     from .analyze import analyze
     from .info import info
+    from .stain import stain
     from .tile import tile
 
     cli.add_command(info)
     cli.add_command(tile)
     cli.add_command(analyze)
+    cli.add_command(stain)
 
 
 _register()

@@ -14,6 +14,7 @@ from .normalization import (
     get_normalizer,
     macenko_stains,
 )
+from .transforms import LETTERS, AugmentConfig, Augmentation, augment, parse_letters
 from .deconvolution import (
     HDX_FROM_RGB,
     HED_FROM_RGB,
@@ -56,4 +57,9 @@ __all__ = [
     "ReinhardNormalizer",
     "get_normalizer",
     "NORMALIZERS",
+    "LETTERS",
+    "AugmentConfig",
+    "Augmentation",
+    "augment",
+    "parse_letters",
 ]

@@ -55,7 +55,7 @@ __all__ = [
     "augment_hed",
 ]
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HEDJitterParams:
     """Parameters of one HED jitter (or one per image of a batch).
 
@@ -81,6 +81,14 @@ class HEDJitterParams:
             raise ValueError("alpha and beta must be finite")
         object.__setattr__(self, "alpha", a)
         object.__setattr__(self, "beta", b)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HEDJitterParams):
+            return NotImplemented
+        return np.array_equal(self.alpha, other.alpha) and np.array_equal(self.beta, other.beta)
+
+    def __hash__(self) -> int:
+        return hash((self.alpha.shape, self.alpha.tobytes(), self.beta.tobytes()))
 
     @property
     def batched(self) -> bool:

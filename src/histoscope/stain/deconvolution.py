@@ -196,7 +196,7 @@ def od_lut(i0: float = I0_DEFAULT, bias: float = OD_BIAS) -> np.ndarray:
         ``(256,)`` float32; ``od_lut()[I]`` is ``-log10((I + bias) / i0)``.
     """
     i = np.arange(256, dtype=np.float64) + bias
-    lut = -np.log10(np.maximum(i, 1e-6 * 255) / i0).astype(np.float32)
+    lut = (0.0 - np.log10(np.maximum(i, 1e-6 * 255) / i0)).astype(np.float32)  # no -0.0
     lut.flags.writeable = False
     return lut
 
@@ -279,8 +279,8 @@ def od_to_rgb(
 # --------------------------------------------------------------------------- #
 
 #: Background ramp (log10 OD of a pixel's darkest channel, with I0 = 255): pixels
-#: whose darkest channel has OD <= 0.02 (every channel >= 244) are glass (weight
-#: 0), OD >= 0.08 (some channel <= 212) tissue (weight 1), linear in between.
+#: whose darkest channel has OD <= 0.02 (every channel >= 243) are glass (weight
+#: 0), OD >= 0.08 (some channel <= 211) tissue (weight 1), linear in between.
 WHITE_RAMP = (0.02, 0.08)
 #: A blend table that leaves nothing untouched (weight 1 for every intensity).
 NO_BLEND = np.ones(256, dtype=np.float32)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 import numpy as np
 
 from ..exceptions import StainWarning
-from ._kernels import apply_lut_product, lut_tables, od_moments, od_projection
+from ._kernels import apply_lut_product, lut_tables, od_moments, od_projection, percentiles
 from .deconvolution import (
     MACENKO_REFERENCE_HE,
     MACENKO_REFERENCE_MAX_CONC,
@@ -65,7 +65,7 @@ MACENKO_BETA = 0.15 / np.log(10.0)
 MACENKO_I0 = 240.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MacenkoStains:
     """Stain estimate of one image.
 
@@ -123,8 +123,9 @@ def _pack(outputs: list[np.ndarray], form: str) -> Any:
     return outputs
 
 
-def _warn(message: str) -> None:
-    warnings.warn(message, StainWarning, stacklevel=4)
+def _warn(message: str, stacklevel: int = 4) -> None:
+    """Warn with a StainWarning attributed to the user's line (``stacklevel`` counts from here)."""
+    warnings.warn(message, StainWarning, stacklevel=stacklevel)
 
 
 # --------------------------------------------------------------------------- #
@@ -139,8 +140,11 @@ def _order_he(v_min: np.ndarray, v_max: np.ndarray) -> np.ndarray:
     return he / np.linalg.norm(he, axis=0)
 
 
+_Q99 = np.array([99.0])
+
+
 def _max_conc(conc: np.ndarray) -> np.ndarray:
-    return np.percentile(conc, 99, axis=1)
+    return np.array([percentiles(row, _Q99)[0] for row in conc])
 
 
 def macenko_stains(
@@ -195,7 +199,7 @@ def macenko_stains(
         v = vecs[:, 1:3].copy()
         v[:, 1] *= np.sign(v[:, 1].sum()) or 1.0  # largest eigenvector into positive OD
         phi, _ = od_projection(flat, lut, float(beta), v, np.empty((0, 3)))
-        lo, hi = np.percentile(phi, [alpha, 100 - alpha])
+        lo, hi = percentiles(phi, np.array([alpha, 100.0 - alpha]))
         v_min = v @ np.array([np.cos(lo), np.sin(lo)])
         v_max = v @ np.array([np.cos(hi), np.sin(hi)])
         cand = _order_he(v_min, v_max)
@@ -209,16 +213,19 @@ def macenko_stains(
     if fallback is None and not np.all(max_conc > 1e-3):
         fallback = f"stain concentrations are ~0 (99th percentiles {max_conc.round(4).tolist()})"
     if fallback is not None:
-        ref_max = MACENKO_REFERENCE_MAX_CONC if reference is None else reference.max_conc
-        # keep the image's own concentrations where they are meaningful (a pale
-        # tile stays pale); an empty tile gets the reference scale (no change)
-        max_conc = np.where(max_conc > 0.05 * ref_max, max_conc, ref_max)
+        # too little to estimate: report the reference; _macenko_map then keeps the
+        # image's concentrations as they are (scale 1), so a pale tile stays pale
+        max_conc = (MACENKO_REFERENCE_MAX_CONC if reference is None else reference.max_conc).copy()
     return MacenkoStains(np.asarray(he, dtype=np.float64), max_conc, int(count), fallback)
 
 
 def _macenko_map(src: MacenkoStains, tgt: MacenkoStains) -> np.ndarray:
-    """3x3 OD map (row vectors): od' = od @ M, M = pinv(HE_s).T diag(maxC_t / maxC_s) HE_t.T."""
-    scale = tgt.max_conc / src.max_conc
+    """3x3 OD map (row vectors): od' = od @ M, M = pinv(HE_s).T diag(maxC_t / maxC_s) HE_t.T.
+
+    After a fallback (no reliable estimate) the concentrations are kept (scale 1)
+    and only the stain vectors change.
+    """
+    scale = np.ones(2) if src.fallback is not None else tgt.max_conc / src.max_conc
     return np.linalg.pinv(src.he).T @ np.diag(scale) @ tgt.he.T
 
 
@@ -279,13 +286,12 @@ def _macenko_torch(
     ref_max = torch.as_tensor(MACENKO_REFERENCE_MAX_CONC, dtype=dt, device=x.device)
     empty = ~(max_conc > 1e-3).all(dim=1)
     use_ref = use_ref | empty
-    max_conc = torch.where(
-        use_ref[:, None] & ~(max_conc > 0.05 * ref_max), ref_max.expand_as(max_conc), max_conc
-    )
+    max_conc = torch.where(use_ref[:, None], ref_max.expand_as(max_conc), max_conc)
 
     tgt_he = torch.as_tensor(target.he, dtype=dt, device=x.device)
     tgt_max = torch.as_tensor(target.max_conc, dtype=dt, device=x.device)
-    m = torch.einsum("bkc,bk,dk->bcd", pinv, tgt_max / max_conc, tgt_he)  # (B, 3, 3)
+    scale = torch.where(use_ref[:, None], torch.ones_like(max_conc), tgt_max / max_conc)  # see _macenko_map
+    m = torch.einsum("bkc,bk,dk->bcd", pinv, scale, tgt_he)  # (B, 3, 3)
     od2 = torch.einsum("bcn,bcd->bdn", od, m)
     out = ((i0 * torch.pow(10.0, -od2) - OD_BIAS) / 255.0).reshape(b, 3, h, w)
     if preserve_white:
@@ -477,7 +483,7 @@ class MacenkoNormalizer(_Normalizer):
             target = tensor_to_image(target)
         est = self._estimate(target)
         if est.fallback is not None:
-            _warn(f"Macenko target: {est.fallback}; using the reference stain vectors")
+            _warn(f"Macenko target: {est.fallback}; using the reference stain vectors", stacklevel=3)
         self.target_ = est
         self._fitted = True
         return self
@@ -562,7 +568,7 @@ def lab_reinhard_to_rgb(lab: np.ndarray) -> np.ndarray:
     return lms @ np.linalg.inv(_RGB_TO_LMS).T
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ReinhardStats:
     """Mean and standard deviation of tissue pixels in l-alpha-beta space."""
 

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -174,8 +174,12 @@ def write_tiles(
     fmt: Literal["png", "zarr"] = "png",
     workers: int = 2,
     verbose: bool = False,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Path:
     """Write every tile of ``table`` under ``out``.
+
+    ``transform``, if given, maps each tile's pixels (HxWx3 uint8 -> HxWx3 uint8)
+    before it is written (e.g. a stain normaliser's ``transform``).
 
     ``fmt="png"``: one PNG per tile, ``<out>/<slide>_x<X>_y<Y>.png`` (level-0 corner).
     ``fmt="zarr"``: one chunked zarr group ``<out>/<slide>.zarr`` with an array ``tiles``
@@ -194,6 +198,7 @@ def write_tiles(
     if fmt == "png":
         xs, ys = table["x"].to_numpy(), table["y"].to_numpy()
         for i, tile in enumerate(iter_tiles(slide, table, workers=workers, verbose=verbose)):
+            tile = transform(tile) if transform is not None else tile
             final = out / f"{slide.name}_x{xs[i]}_y{ys[i]}.png"
             tmp = final.with_name(f".{final.name}.tmp")
             Image.fromarray(tile).save(tmp, format="PNG", compress_level=1)
@@ -224,7 +229,7 @@ def write_tiles(
         }
     )
     for i, tile in enumerate(iter_tiles(slide, table, workers=workers, verbose=verbose)):
-        arr[i] = tile
+        arr[i] = transform(tile) if transform is not None else tile
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

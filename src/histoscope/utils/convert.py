@@ -23,7 +23,8 @@ def image_to_tensor(image: np.ndarray) -> "torch.Tensor":
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
         raise ValueError(f"expected uint8 RGB of shape (H, W, 3) or (N, H, W, 3), got {arr.dtype} {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     t = t.permute(2, 0, 1) if arr.ndim == 3 else t.permute(0, 3, 1, 2)
     return t.contiguous().float().div_(255.0)
 
