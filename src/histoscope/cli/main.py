@@ -36,11 +36,14 @@ def _register() -> None:
     from .info import info
     from .stain import stain
     from .tile import tile
+    from .train import evaluate, train
 
     cli.add_command(info)
     cli.add_command(tile)
     cli.add_command(analyze)
     cli.add_command(stain)
+    cli.add_command(train)
+    cli.add_command(evaluate)
 
 
 _register()
