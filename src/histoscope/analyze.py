@@ -44,6 +44,8 @@ class AnalysisConfig:
     min_tissue: float = 0.5
     slide_mpp: float | None = None
     seed: int = 0
+    #: Bundled tissue classifier drawn as a class map ("" or None: no class map).
+    tissue_model: str | None = "colorectal_grader"
 
     def __post_init__(self) -> None:
         TileSpec(size=self.tile_size, mpp=self.mpp, overlap=self.overlap)  # validates
@@ -148,6 +150,37 @@ def analyze_slide(
                 Image.fromarray(tissue_img).save(work / "tissue-overlay.png")
                 Image.fromarray(grid_img).save(work / "tile-grid.png")
                 Image.fromarray(mask.to_image()).save(work / "tissue-mask.png")
+            class_section = None
+            class_fig = None
+            if config.tissue_model:
+                from .models.pretrained import list_pretrained, load_pretrained
+
+                if config.tissue_model not in list_pretrained():
+                    warnings.append(f"tissue model {config.tissue_model!r} is not bundled ({list_pretrained()}); no class map")
+                elif slide.mpp is None:
+                    warnings.append("no tissue-class map: the tissue model needs the slide's resolution (--slide-mpp)")
+                else:
+                    from .infer import class_fractions, classify_tiles
+                    from .report import CLASS_COLOUR_NAMES, draw_class_map
+
+                    with timer.stage("tissue classes"):
+                        model = load_pretrained(config.tissue_model)
+                        classes_ = list(model.config.classes)
+                        ctab = classify_tiles(slide, model, tissue=mask, min_tissue=config.min_tissue, verbose=verbose)
+                        save_tile_table(ctab, work / "tissue-classes.csv")
+                        class_img = draw_class_map(thumb, ctab, slide_dimensions=slide.dimensions, classes=classes_)
+                        from PIL import Image
+
+                        Image.fromarray(class_img).save(work / "tissue-classes.png")
+                        fr = class_fractions(ctab, classes_)
+                        legend = "; ".join(f"{c} = {CLASS_COLOUR_NAMES[i % len(CLASS_COLOUR_NAMES)]}" for i, c in enumerate(classes_))
+                        class_fig = (f"Tissue classes ({config.tissue_model}, {len(ctab)} tiles of {model.config.input_size} px at {model.config.mpp} um/px): {legend}", class_img)
+                        class_section = (
+                            f"Tissue classes ({config.tissue_model})",
+                            [(r["class"], r["tiles"], f"{r['fraction']:.1%}", f"{r['mean_probability']:.3f}") for r in fr.to_dict("records")],
+                            ["class", "tiles", "share of tiles", "mean probability"],
+                        )
+                        summary_classes = {r["class"]: r["fraction"] for r in fr.to_dict("records")}
             info = slide.info()
             mpp = slide.mpp
             tissue_mm2 = (
@@ -165,6 +198,8 @@ def analyze_slide(
                 "tile_mpp": None if np.isnan(grid["mpp"].iloc[0]) else float(grid["mpp"].iloc[0]) if len(grid) else None,
                 "warnings": warnings,
             }
+            if class_section is not None:
+                summary["tissue_classes"] = summary_classes
             with timer.stage("report"):
                 W, H = slide.dimensions
                 meta = {
@@ -198,11 +233,13 @@ def analyze_slide(
                         ("Thumbnail", thumb),
                         ("Tissue mask (green) over the thumbnail", tissue_img),
                         (f"Tile grid: {len(tiles)} tiles of {spec.size} px with >= {config.min_tissue:.0%} tissue", grid_img),
+                        *([class_fig] if class_fig else []),
                     ],
                     plots=[("Tissue fraction of every tile of the grid", hist)],
                     sections=[
                         ("Slide metadata", meta, None),
                         ("Tiles", tiles_rows, None),
+                        *([class_section] if class_section else []),
                         ("Timings", timings, ["stage", "time"]),
                     ],
                 )

@@ -14,12 +14,13 @@ from .options import quiet, report_failures, scheduler, seed, slide_mpp, workers
 @click.option("--mpp", type=float, default=0.5, show_default=True, help="Tile resolution in microns per pixel.")
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
 @click.option("--min-tissue", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--tissue-model", default="colorectal_grader", show_default=True, help="Bundled tissue classifier drawn as a class map; 'none' to skip.")
 @slide_mpp
 @workers
 @scheduler
 @quiet
 @seed
-def analyze(slides, out, tile_size, mpp, overlap, min_tissue, slide_mpp, workers, scheduler, quiet, seed) -> None:
+def analyze(slides, out, tile_size, mpp, overlap, min_tissue, tissue_model, slide_mpp, workers, scheduler, quiet, seed) -> None:
     """Analyse slides end to end and write a report folder per slide.
 
     With no SLIDE, analyses the bundled demo slide (a synthetic H&E slide generated on
@@ -27,7 +28,12 @@ def analyze(slides, out, tile_size, mpp, overlap, min_tissue, slide_mpp, workers
     """
     from ..analyze import AnalysisConfig, analyze_slides
 
-    config = AnalysisConfig(tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue, slide_mpp=slide_mpp, seed=seed)
+    from ..models.pretrained import list_pretrained
+
+    tissue_model = None if tissue_model.lower() in ("none", "") else tissue_model
+    if tissue_model and tissue_model not in list_pretrained():
+        raise click.BadParameter(f"no bundled model {tissue_model!r}; bundled: {list_pretrained()} (or 'none')", param_hint="--tissue-model")
+    config = AnalysisConfig(tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue, slide_mpp=slide_mpp, seed=seed, tissue_model=tissue_model)
     sources = list(slides)
     if not sources:
         from ..datasets import demo_slide

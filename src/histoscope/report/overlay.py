@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from ..slide.mask import Mask
 
-__all__ = ["overlay_mask", "draw_tiles"]
+__all__ = ["overlay_mask", "draw_tiles", "draw_class_map", "CLASS_COLOURS", "CLASS_COLOUR_NAMES"]
 
 
 def overlay_mask(
@@ -62,3 +62,33 @@ def draw_tiles(
     for x, y, w, h in table[["x", "y", "w0", "h0"]].itertuples(index=False):
         draw.rectangle([x * sx, y * sy, (x + w) * sx - 1, (y + h) * sy - 1], outline=color, width=width)
     return np.asarray(img)
+
+
+#: Colours of tissue classes in maps (colour-blind-safe Okabe-Ito order).
+CLASS_COLOURS = [(0, 158, 115), (86, 180, 233), (230, 159, 0), (213, 94, 0), (204, 121, 167), (0, 114, 178), (240, 228, 66), (0, 0, 0)]
+CLASS_COLOUR_NAMES = ["green", "sky blue", "orange", "vermilion", "pink", "blue", "yellow", "black"]
+
+
+def draw_class_map(
+    thumbnail: np.ndarray,
+    table: pd.DataFrame,
+    *,
+    slide_dimensions: tuple[int, int],
+    classes: list[str],
+    alpha: float = 0.45,
+) -> np.ndarray:
+    """Thumbnail with every classified tile filled in its predicted class's colour.
+
+    ``table`` has level-0 ``x``, ``y``, ``w0``, ``h0`` and ``pred``; returns HxWx3 uint8.
+    """
+    h, w = thumbnail.shape[:2]
+    sx, sy = w / slide_dimensions[0], h / slide_dimensions[1]
+    layer = Image.new("RGB", (w, h))
+    cover = Image.new("L", (w, h), 0)
+    draw, mdraw = ImageDraw.Draw(layer), ImageDraw.Draw(cover)
+    for x, y, w0, h0, pred in table[["x", "y", "w0", "h0", "pred"]].itertuples(index=False):
+        box = [x * sx, y * sy, (x + w0) * sx - 1, (y + h0) * sy - 1]
+        draw.rectangle(box, fill=CLASS_COLOURS[int(pred) % len(CLASS_COLOURS)])
+        mdraw.rectangle(box, fill=int(255 * alpha))
+    base = Image.fromarray(thumbnail)
+    return np.asarray(Image.composite(layer, base, cover))

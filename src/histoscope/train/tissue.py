@@ -181,7 +181,29 @@ def evaluate_tissue(
         plot_confusion_matrix(out["image_mean"].confusion, classes, d / "confusion_image.png", title="image level (mean probability)")
         plot_roc_curves(labels, probs, classes, d / "roc_patch.png")
         pd.DataFrame({"name": groups, "label": labels, "pred": probs.argmax(1), **{f"p_{c}": probs[:, i] for i, c in enumerate(classes)}}).to_csv(d / "patch_predictions.csv", index=False)
+        cam_grid(model, ds, probs, labels, classes, d / "cam.png", device=device)
     return out
+
+
+def cam_grid(model: Any, ds: PatchDataset, probs: np.ndarray, labels: np.ndarray, classes: list[str], path: Path, *, per_class: int = 2, device: str = "cpu") -> Path | None:
+    """A figure like Kim et al.'s Fig. 9: per class, its most confident patches with their CAM."""
+    import torch
+
+    from ..explain import cam_figure, class_activation_map
+    from ..utils.convert import image_to_tensor
+
+    picks = []
+    for c in range(len(classes)):
+        idx = np.flatnonzero(labels == c)
+        picks += list(idx[np.argsort(-probs[idx, c])][:per_class])
+    if not picks:
+        return None
+    images = np.stack([ds.read(int(i)) for i in picks])
+    x = image_to_tensor(images).to(device)
+    with torch.enable_grad():
+        cams = class_activation_map(model, x).cpu().numpy()
+    titles = [f"true: {classes[labels[i]]}\npred: {classes[int(probs[i].argmax())]} {probs[i].max():.2f}" for i in picks]
+    return cam_figure(images, cams, path, titles=titles, ncols=4)
 
 
 def cross_validate(
