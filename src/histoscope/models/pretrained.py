@@ -17,7 +17,7 @@ import torch
 
 from .registry import ModelConfig, create_model, file_sha256
 
-__all__ = ["BUNDLED", "list_pretrained", "load_pretrained", "export_bundle", "pretrained_card"]
+__all__ = ["BUNDLED", "list_pretrained", "load_pretrained", "export_bundle", "pretrained_card", "render_card"]
 
 BUNDLED = Path(__file__).resolve().parent / "weights"
 
@@ -49,7 +49,7 @@ def load_pretrained(name: str, *, device: str = "cpu") -> torch.nn.Module:
     if digest != card["sha256"]:
         raise ValueError(f"{weights}: checksum {digest[:12]}... does not match its model card ({card['sha256'][:12]}...)")
     cfg = ModelConfig.from_dict(card["config"])
-    model = create_model(cfg.arch, num_classes=cfg.num_classes, classes=cfg.classes, input_size=cfg.input_size, mpp=cfg.mpp)
+    model = create_model(cfg.arch, **cfg.build_kwargs())
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.card = card
@@ -66,4 +66,60 @@ def export_bundle(model: torch.nn.Module, path: str | os.PathLike[str], *, card:
     os.replace(tmp, p)
     payload = {"name": p.stem, "config": model.config.to_dict(), "sha256": file_sha256(p), "bytes": p.stat().st_size, **card}
     p.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str))
+    p.with_suffix(".md").write_text(render_card(payload))
     return p
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def render_card(card: dict[str, Any]) -> str:
+    """The readable model card (Markdown) of a bundle's JSON card."""
+    cfg = card["config"]
+    lines = [
+        f"# Model card: `{card['name']}`",
+        "",
+        f"- Architecture: `{cfg['arch']}` {cfg.get('arch_kwargs') or ''}; input {cfg['input_size']} px at {cfg['mpp']} um/px; "
+        f"inputs in [0, 1], normalised inside (mean {cfg['mean']}, std {cfg['std']}).",
+        f"- Classes (output order): {', '.join(cfg['classes'])}.",
+        f"- Weights: `{card['name']}.pt`, float16, {card['bytes']:,} bytes, SHA-256 `{card['sha256']}` (checked on load).",
+        f"- Load: `histoscope.models.pretrained.load_pretrained({card['name']!r})`; used by `histoscope analyze` for the tissue-class map.",
+        "",
+        "## Data",
+        f"- {card.get('data')} (preset `{card.get('preset')}`); licence and source: see ../shared/data/MANIFEST.md "
+        "(GlaS: research use only, not commercial; cite Sirinukunwattana et al. 2017).",
+        f"- Patches: {card.get('patch')}.",
+        f"- Split by patient: {card.get('split')}; test patients {card.get('test_metrics', {}).get('test_patients')}.",
+        "",
+        "## Training",
+        f"- Command: `{card.get('command')}`",
+        f"- Seed {card.get('seed')}; {card.get('train')}.",
+        "",
+        "## Metrics on the held-out test patients",
+    ]
+    tm = card.get("test_metrics") or {}
+    if tm:
+        patch, image = tm.get("patch", {}), tm.get("image_mean", {})
+        lines += [
+            f"- Test images: {tm.get('test_images')}.",
+            "",
+            "| level | accuracy | balanced accuracy | macro AUROC | quadratic kappa |",
+            "|---|---|---|---|---|",
+            f"| patch | {_fmt(patch.get('accuracy'))} | {_fmt(patch.get('balanced_accuracy'))} | {_fmt(patch.get('auroc_macro'))} | {_fmt(patch.get('kappa_quadratic'))} |",
+            f"| image (mean probability) | {_fmt(image.get('accuracy'))} | {_fmt(image.get('balanced_accuracy'))} | {_fmt(image.get('auroc_macro'))} | {_fmt(image.get('kappa_quadratic'))} |",
+            f"| image (majority vote) | {_fmt(tm.get('image_vote_accuracy'))} | | | |",
+        ]
+        if "binary_mean" in tm:
+            b = tm["binary_mean"]
+            lines.append(f"| benign vs malignant (image) | {_fmt(b.get('accuracy'))} | sensitivity {_fmt(b.get('sensitivity'))} | specificity {_fmt(b.get('specificity'))} | |")
+    else:
+        lines.append("- No held-out test split was evaluated.")
+    lines += [
+        "",
+        "## Limits",
+        "- Trained on a few hundred patches from a handful of GlaS patients (CPU, minutes): grade is strongly tied to",
+        "  patient in this data, so expect modest accuracy on new patients and labs. For research use, not diagnosis.",
+        "",
+    ]
+    return "\n".join(lines)

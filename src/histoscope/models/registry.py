@@ -39,6 +39,9 @@ class ModelConfig:
         Microns per pixel the model expects (None: unspecified).
     mean, std : tuple of float
         Per-channel normalisation applied inside the model to inputs in [0, 1].
+    arch_kwargs : dict
+        Extra arguments of the architecture's factory (e.g. ``width``), so that a saved
+        model can be rebuilt exactly.
     """
 
     arch: str
@@ -48,6 +51,7 @@ class ModelConfig:
     mpp: float | None = None
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
@@ -58,6 +62,8 @@ class ModelConfig:
             self.classes = [str(i) for i in range(self.num_classes)]
         if self.input_size < 8:
             raise ValueError(f"input_size must be >= 8, got {self.input_size}")
+        if self.mpp is not None and not (self.mpp > 0 and self.mpp < float("inf")):
+            raise ValueError(f"mpp must be a positive number of microns per pixel or None, got {self.mpp!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -68,7 +74,12 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        d.setdefault("arch_kwargs", {})
         return cls(**d)
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """Arguments that rebuild this model with :func:`create_model`."""
+        return {"num_classes": self.num_classes, "classes": list(self.classes), "input_size": self.input_size, "mpp": self.mpp, **self.arch_kwargs}
 
 
 def register_model(name: str) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:
@@ -133,11 +144,17 @@ def create_model(
         raise ValueError(f"unknown model {name!r}; choose one of {names}")
     factory = _REGISTRY[name]
     default_size = getattr(factory, "default_input_size", 96)
-    cfg = ModelConfig(arch=name, num_classes=num_classes, classes=list(classes or []), input_size=input_size or default_size, mpp=mpp)
+    cfg = ModelConfig(arch=name, num_classes=num_classes, classes=list(classes or []), input_size=input_size or default_size, mpp=mpp, arch_kwargs=dict(kwargs))
     model = factory(cfg, **kwargs)
     model.config = cfg
     if weights is not None:
-        load_weights(model, weights, strict=False)
+        skipped = load_weights(model, weights, strict=False)
+        if skipped:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s: %d tensor(s) left initialised because their shapes differ (e.g. %s)", weights, len(skipped), skipped[:3]
+            )
     return model
 
 
@@ -164,10 +181,18 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], *, strict
         raise ValueError(f"{p}: not a PyTorch weights file ({exc.__class__.__name__}: {exc})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{p}: not a state dict (a mapping of parameter names to tensors), got {type(state).__name__}")
     own = model.state_dict()
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    fitting = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
     if strict and (skipped or set(own) != set(state)):
         missing = sorted(set(own) - set(state))[:5]
         raise ValueError(f"{p}: weights do not fit {type(model).__name__} (missing e.g. {missing}, shape mismatch {skipped[:5]})")
-    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    if len(fitting) < len(own) / 2:
+        raise ValueError(
+            f"{p}: only {len(fitting)} of the model's {len(own)} tensors are in this file with the right shape; "
+            f"these are weights of another architecture (e.g. the file has {list(state)[:3]})"
+        )
+    model.load_state_dict({k: state[k] for k in fitting}, strict=False)
     return skipped

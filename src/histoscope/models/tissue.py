@@ -164,7 +164,8 @@ def inception_v3(config: ModelConfig, *, aux_logits: bool = True) -> TissueNet:
     features = _InceptionFeatures(m, owner)
     net = TissueNet(config, features, 2048, dropout=0.5)
     owner.append(net)
-    # torchvision's Inception expects ImageNet-style inputs in [-1, 1]
+    # torchvision's Inception expects inputs in [-1, 1]: normalise with 0.5 / 0.5 (and say so in the config)
+    config.mean = config.std = (0.5, 0.5, 0.5)
     net._mean.fill_(0.5)
     net._std.fill_(0.5)
     return net

@@ -150,13 +150,17 @@ def read_label_table(
     if unknown:
         raise ValueError(f"{path}: labels {unknown} are not among the classes {classes}")
     base = path.parent
-    resolve = lambda p: str(p if Path(p).is_absolute() else base / p)  # noqa: E731
+    def resolve(p: Any) -> str | None:
+        if p is None or (isinstance(p, float) and np.isnan(p)) or (isinstance(p, str) and not p.strip()):
+            return None
+        return str(p if Path(p).is_absolute() else base / p)
+
     table = pd.DataFrame(
         {
             "image": df[image_column].map(resolve),
             "label": names.map({c: i for i, c in enumerate(classes)}).astype(int),
             "group": df[group_column].astype(str) if group_column else df[image_column].map(lambda p: Path(p).stem),
-            "annotation": df[annotation_column].map(resolve) if annotation_column else None,
+            "annotation": df[annotation_column].map(resolve).astype(object) if annotation_column else None,
             "name": df[image_column].map(lambda p: Path(p).stem),
         }
     )

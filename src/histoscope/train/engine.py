@@ -262,6 +262,18 @@ def fit(
         sched.load_state_dict(ck["scheduler"])
         history = ck["history"]
         start = ck["epoch"] + 1
+        # the schedule follows *this* config (e.g. more epochs than the first run): set the
+        # learning rate the straight run would have now and the milestones still to come
+        from bisect import bisect_right
+        from collections import Counter
+
+        milestones = config.milestone_epochs()
+        old_epochs = ck.get("train_config", {}).get("epochs")
+        if old_epochs is not None and old_epochs != config.epochs:
+            log.warning("resuming a %d-epoch run as %d epochs: the schedule is recomputed", old_epochs, config.epochs)
+        sched.milestones = Counter(milestones)
+        for g in opt.param_groups:
+            g["lr"] = config.lr * config.gamma ** bisect_right(milestones, start)
         best_epoch = ck["best_epoch"]
         best_score = tuple(ck["best_score"]) if ck["best_score"] is not None else None
         _set_rng_state(ck["rng"])
@@ -279,7 +291,7 @@ def fit(
             logits = model(x)
             loss = _loss(model, logits, y, config, smoothing)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch + 1}: the training loss became {float(loss)}; lower the learning rate")
+                raise FloatingPointError(f"epoch {epoch + 1}: the training loss became {float(loss.detach())}; lower the learning rate")
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(y)
@@ -344,6 +356,6 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> tor
     if not isinstance(ck, dict) or ck.get("config") is None:
         raise ValueError(f"{p}: not a histoscope checkpoint (no model config inside)")
     cfg = ModelConfig.from_dict(ck["config"])
-    model = create_model(cfg.arch, num_classes=cfg.num_classes, classes=cfg.classes, input_size=cfg.input_size, mpp=cfg.mpp)
+    model = create_model(cfg.arch, **cfg.build_kwargs())
     model.load_state_dict(ck["model"])
     return model.to(resolve_device(device)).eval()

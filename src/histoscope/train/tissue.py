@@ -72,14 +72,23 @@ class PatchConfig:
 
 def patient_folds(groups: Sequence[Any], labels: Sequence[int], k: int, *, seed: int = 0) -> list[np.ndarray]:
     """``k`` folds of image indices; a patient never appears in two folds (stratified when possible)."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    import warnings
+
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
     groups = np.asarray([str(g) for g in groups])
     n_groups = len(set(groups))
     if k < 2 or k > n_groups:
         raise ValueError(f"k must be in [2, {n_groups}] (the number of patients), got {k}")
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [test for _, test in splitter.split(np.zeros(len(groups)), np.asarray(labels), groups)]
+    X = np.zeros(len(groups))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only ... members"
+            splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+            return [test for _, test in splitter.split(X, np.asarray(labels), groups)]
+    except ValueError:  # too few patients per class to stratify (e.g. leave-one-patient-out)
+        splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        return [test for _, test in splitter.split(X, groups=groups)]
 
 
 def _split_validation(images: LabelledImages, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,6 +172,14 @@ def evaluate_tissue(
     groups = ds.patches["name"].to_numpy()
     image_labels = images.table.set_index("name")["label"]
     out: dict[str, Any] = {"patch": patch_report, "n_patches": len(labels)}
+    no_patch = sorted(set(images.table["name"]) - set(groups))
+    out["images_without_patches"] = no_patch
+    if no_patch:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%d image(s) yield no patch at this size/resolution and are left out of image-level metrics: %s", len(no_patch), no_patch[:5]
+        )
     for method in ("mean", "vote"):
         agg = aggregate_predictions(probs, groups, method=method, classes=classes)
         y_img = image_labels.loc[agg.index].to_numpy(int)
