@@ -165,6 +165,13 @@ def analyze_slide(
 
                     with timer.stage("tissue classes"):
                         model = load_pretrained(config.tissue_model)
+                        held_out = (model.card.get("test_metrics") or {}).get("image_mean", {}).get("accuracy")
+                        if held_out is None or held_out < 0.5:
+                            acc = "not measured" if held_out is None else f"{held_out:.2f}"
+                            warnings.append(
+                                f"The tissue model {config.tissue_model!r} is experimental: its image-level accuracy on "
+                                f"held-out patients is {acc} (see its model card). Do not read the class map as a grading."
+                            )
                         classes_ = list(model.config.classes)
                         ctab = classify_tiles(slide, model, tissue=mask, min_tissue=config.min_tissue, verbose=verbose)
                         save_tile_table(ctab, work / "tissue-classes.csv")

@@ -319,3 +319,10 @@ def test_small_cnn_uses_no_label_smoothing(trained, data):
         loss = torch.nn.functional.cross_entropy(model.eval()(x), y)
     best = result.history.loc[result.history["epoch"] == result.best_epoch, "val_loss"].item()
     assert best == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_tiny_validation_set_keeps_the_last_epoch(tmp_path, caplog):
+    tr, va = halves(32, seed=5), halves(8, seed=6)  # 8 < MIN_VALIDATION items
+    result = fit(small_model(), tr, va, cfg(epochs=3), tmp_path, verbose=False)
+    assert result.best_epoch == 3
+    assert "the last epoch is kept" in caplog.text

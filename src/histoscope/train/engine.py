@@ -28,6 +28,9 @@ __all__ = ["TrainConfig", "TrainResult", "fit", "predict", "load_checkpoint", "r
 
 log = logging.getLogger(__name__)
 
+#: Below this many validation items, checkpoint selection keeps the last epoch.
+MIN_VALIDATION = 32
+
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (CUDA when available)."""
@@ -279,6 +282,10 @@ def fit(
         _set_rng_state(ck["rng"])
         log.info("resuming from %s at epoch %d", last_path, start)
     train_loader = _loader(train_ds, config, shuffle=True)
+    # a validation set of a few patches picks noise: keep the last epoch then, and say so
+    tiny_val = len(val_ds) < MIN_VALIDATION
+    if tiny_val:
+        log.warning("only %d validation items (< %d): the last epoch is kept instead of the best on validation", len(val_ds), MIN_VALIDATION)
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -312,6 +319,8 @@ def fit(
         }
         history.append(row)
         score = (val_acc, -val_loss) if config.select == "val_acc" else (-val_loss, val_acc)
+        if tiny_val:
+            score = (float(epoch), 0.0)
         if best_score is None or score > best_score:
             best_score, best_epoch = score, epoch + 1
             _save(best_path, {"model": model.state_dict(), "config": model_cfg, "epoch": epoch + 1, "metrics": row})
