@@ -83,6 +83,7 @@ def train() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--augment", default="RCSHBG", show_default=True, help="Augmentation letters (R S E C H B G); '' for none.")
+@click.option("--stain-normalize", "stain_norm", type=click.Choice(["none", "macenko"]), default="none", show_default=True, help="Normalise every patch's stain (Macenko, to the reference stains) in training and inference.")
 @click.option("--n-random", type=click.IntRange(min=0), default=8, show_default=True, help="Random patches per image, besides the sliding window.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None, help="Local weights to fine-tune from.")
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True, help="DataLoader worker processes.")
@@ -92,7 +93,7 @@ def train() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="histoscope-train", show_default=True)
 @seed
 @quiet
-def train_tissue_cmd(data, preset, label_column, group_column, annotation_column, classes, image_mpp, size, mpp, overlap, min_annotation, device, arch, folds, epochs, batch_size, lr, augment, n_random, weights, workers, resume, test_patients, export_path, out, seed, quiet):
+def train_tissue_cmd(data, preset, label_column, group_column, annotation_column, classes, image_mpp, size, mpp, overlap, min_annotation, device, arch, folds, epochs, batch_size, lr, augment, stain_norm, n_random, weights, workers, resume, test_patients, export_path, out, seed, quiet):
     """Train a tissue classifier on DATA (a CSV of images and labels, or a folder per class).
 
     With --folds K, runs patient-level K-fold cross-validation and writes OUT/cv_summary.csv
@@ -106,7 +107,7 @@ def train_tissue_cmd(data, preset, label_column, group_column, annotation_column
     if arch not in list_models():
         raise click.BadParameter(f"unknown architecture {arch!r}; choose one of {list_models()}", param_hint="--arch")
     images, opts = _load_images(data, preset, label_column, group_column, annotation_column, classes, image_mpp)
-    patch = PatchConfig(size=size, mpp=mpp, overlap=overlap, min_annotation=min_annotation, n_random=n_random, augment=augment)
+    patch = PatchConfig(size=size, mpp=mpp, overlap=overlap, min_annotation=min_annotation, n_random=n_random, augment=augment, stain=None if stain_norm == "none" else stain_norm)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, num_workers=workers)
     positive = opts.get("positive_classes")
     if folds:
@@ -149,7 +150,7 @@ def train_tissue_cmd(data, preset, label_column, group_column, annotation_column
             "preset": preset,
             "command": " ".join(["histoscope", *sys.argv[1:]]),
             "seed": seed,
-            "patch": {"size": size, "mpp": mpp, "overlap": overlap, "min_annotation": min_annotation, "n_random": n_random, "augment": augment},
+            "patch": {"size": size, "mpp": mpp, "overlap": overlap, "min_annotation": min_annotation, "n_random": n_random, "augment": augment, "stain": patch.stain},
             "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "best_epoch": res.best_epoch},
             "split": trained["split"],
             "test_metrics": metrics,
@@ -178,7 +179,7 @@ def evaluate_tissue_cmd(data, preset, label_column, group_column, annotation_col
     cfg = model.config
     if list(cfg.classes) != list(images.classes):
         raise click.UsageError(f"{model_path}: the model's classes {cfg.classes} differ from the data's {images.classes}")
-    patch = PatchConfig(size=cfg.input_size, mpp=cfg.mpp if mpp is None else mpp, overlap=overlap, min_annotation=min_annotation)
+    patch = PatchConfig(size=cfg.input_size, mpp=cfg.mpp if mpp is None else mpp, overlap=overlap, min_annotation=min_annotation, stain=cfg.stain)
     ev = evaluate_tissue(model, images, patch=patch, out_dir=out, positive_classes=opts.get("positive_classes"), device=device, verbose=not quiet)
     report = {"patch": ev["patch"].to_dict(), "image_mean": ev["image_mean"].to_dict(), "image_vote_accuracy": ev["image_vote_accuracy"]}
     if "binary_mean" in ev:

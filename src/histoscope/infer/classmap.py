@@ -77,8 +77,11 @@ def classify_tiles(
         start += len(batch)
         batch = []
 
+    from ..models.registry import stain_transform
+
+    pixels = stain_transform(cfg)
     for tile in iter_tiles(slide, table, workers=workers, verbose=verbose, desc=f"classify {slide.name}"):
-        batch.append(tile)
+        batch.append(pixels(tile) if pixels is not None else tile)
         if len(batch) == batch_size:
             flush()
     flush()

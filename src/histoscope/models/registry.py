@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["ModelConfig", "register_model", "create_model", "list_models", "load_weights", "file_sha256"]
+__all__ = ["ModelConfig", "register_model", "create_model", "list_models", "load_weights", "file_sha256", "stain_transform"]
 
 _REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
 
@@ -39,6 +39,9 @@ class ModelConfig:
         Microns per pixel the model expects (None: unspecified).
     mean, std : tuple of float
         Per-channel normalisation applied inside the model to inputs in [0, 1].
+    stain : {"macenko"} or None
+        Stain normalisation applied to every patch (uint8, before the model): ``"macenko"``
+        maps each patch's H and E onto Macenko's reference stains.
     arch_kwargs : dict
         Extra arguments of the architecture's factory (e.g. ``width``), so that a saved
         model can be rebuilt exactly.
@@ -52,8 +55,11 @@ class ModelConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    stain: str | None = None
 
     def __post_init__(self) -> None:
+        if self.stain not in (None, "macenko"):
+            raise ValueError(f"stain must be None or 'macenko', got {self.stain!r}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.classes and len(self.classes) != self.num_classes:
@@ -79,7 +85,7 @@ class ModelConfig:
 
     def build_kwargs(self) -> dict[str, Any]:
         """Arguments that rebuild this model with :func:`create_model`."""
-        return {"num_classes": self.num_classes, "classes": list(self.classes), "input_size": self.input_size, "mpp": self.mpp, **self.arch_kwargs}
+        return {"num_classes": self.num_classes, "classes": list(self.classes), "input_size": self.input_size, "mpp": self.mpp, "stain": self.stain, **self.arch_kwargs}
 
 
 def register_model(name: str) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:
@@ -108,6 +114,7 @@ def create_model(
     classes: list[str] | None = None,
     input_size: int | None = None,
     mpp: float | None = None,
+    stain: str | None = None,
     weights: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> torch.nn.Module:
@@ -122,6 +129,8 @@ def create_model(
     input_size : int, optional
         Default: the architecture's own (see its factory).
     mpp : float, optional
+    stain : {"macenko"}, optional
+        Stain normalisation of every input patch (see :class:`ModelConfig`).
     weights : path, optional
         A local ``state_dict`` file (or histoscope checkpoint) to load, e.g. to fine-tune;
         layers whose shapes differ (the classifier) are left initialised and reported.
@@ -144,7 +153,7 @@ def create_model(
         raise ValueError(f"unknown model {name!r}; choose one of {names}")
     factory = _REGISTRY[name]
     default_size = getattr(factory, "default_input_size", 96)
-    cfg = ModelConfig(arch=name, num_classes=num_classes, classes=list(classes or []), input_size=input_size or default_size, mpp=mpp, arch_kwargs=dict(kwargs))
+    cfg = ModelConfig(arch=name, num_classes=num_classes, classes=list(classes or []), input_size=input_size or default_size, mpp=mpp, arch_kwargs=dict(kwargs), stain=stain)
     model = factory(cfg, **kwargs)
     model.config = cfg
     if weights is not None:
@@ -165,6 +174,25 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def stain_transform(config: ModelConfig) -> Callable[[Any], Any] | None:
+    """The uint8 HxWx3 -> uint8 patch transform a model's config asks for (None: nothing)."""
+    if config.stain is None:
+        return None
+    import warnings
+
+    from ..exceptions import StainWarning
+    from ..stain import MacenkoNormalizer
+
+    norm = MacenkoNormalizer(workers=1).fit_reference()
+
+    def apply(image: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StainWarning)  # glass-only patches keep the reference, quietly
+            return norm.transform(image)
+
+    return apply
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], *, strict: bool = True) -> list[str]:

@@ -488,6 +488,12 @@ class MacenkoNormalizer(_Normalizer):
         self._fitted = True
         return self
 
+    def fit_reference(self) -> "MacenkoNormalizer":
+        """Use Macenko et al.'s reference stain vectors and concentrations as the target."""
+        self.target_ = MacenkoStains(MACENKO_REFERENCE_HE.copy(), MACENKO_REFERENCE_MAX_CONC.copy(), 0)
+        self._fitted = True
+        return self
+
     def stains(self, image: Any) -> MacenkoStains:
         """Estimate the stain vectors of one image (no warning; see ``fallback``)."""
         return self._estimate(image)

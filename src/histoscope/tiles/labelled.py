@@ -255,16 +255,26 @@ class PatchDataset(Dataset):
         From :func:`annotated_patches` / :func:`whole_image_patches`.
     transform : callable, optional
         ``(3, H, W)`` float tensor -> tensor (e.g. :class:`histoscope.stain.Augmentation`).
+    pixels : callable, optional
+        HxWx3 uint8 -> HxWx3 uint8 applied first (e.g. the model's stain normalisation).
 
     Items are ``(image, label)``: ``(3, H, W)`` float32 in [0, 1] and an int.
     """
 
-    def __init__(self, images: LabelledImages, patches: pd.DataFrame, *, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        images: LabelledImages,
+        patches: pd.DataFrame,
+        *,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        pixels: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         if len(patches) and not {"item", "x", "y", "size", "label"} <= set(patches.columns):
             raise ValueError(f"patches table lacks columns; has {list(patches.columns)}")
         self.images = images
         self.patches = patches.reset_index(drop=True)
         self.transform = transform
+        self.pixels = pixels
         self._cache: dict[int, Any] = {}
         self._pid: int | None = None
 
@@ -296,7 +306,10 @@ class PatchDataset(Dataset):
         return slide.read_region((int(r["x"]), int(r["y"])), (size, size), downsample=float(r.get("downsample", 1.0)))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = image_to_tensor(self.read(index))
+        patch = self.read(index)
+        if self.pixels is not None:
+            patch = self.pixels(patch)
+        x = image_to_tensor(patch)
         if self.transform is not None:
             x = self.transform(x)
         return x, int(self.patches.iloc[index]["label"])

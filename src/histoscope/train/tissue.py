@@ -60,6 +60,8 @@ class PatchConfig:
         Extra randomly placed patches per image.
     augment : str
         Augmentation letters (``histoscope.stain.Augmentation``) applied while training.
+    stain : {"macenko"} or None
+        Stain normalisation of every patch (training and inference; recorded in the model).
     """
 
     size: int = 96
@@ -68,6 +70,7 @@ class PatchConfig:
     min_annotation: float = 0.5
     n_random: int = 8
     augment: str = "RCSHBG"
+    stain: str | None = None
 
 
 def patient_folds(groups: Sequence[Any], labels: Sequence[int], k: int, *, seed: int = 0) -> list[np.ndarray]:
@@ -110,8 +113,11 @@ def _datasets(images: LabelledImages, patch: PatchConfig, seed: int, *, train: b
         table = annotated_patches(images, size=patch.size, mpp=patch.mpp, overlap=patch.overlap, min_annotation=patch.min_annotation, n_random=patch.n_random if train else 0, rng=seed)
     else:  # no annotation masks: the whole image is the labelled region
         table = whole_image_patches(images, size=patch.size, mpp=patch.mpp, overlap=patch.overlap)
+    from ..models.registry import ModelConfig, stain_transform
+
     aug = Augmentation(patch.augment, seed=seed) if train and patch.augment else None
-    return PatchDataset(images, table, transform=aug)
+    pixels = stain_transform(ModelConfig(arch="-", num_classes=1, stain=patch.stain))
+    return PatchDataset(images, table, transform=aug, pixels=pixels)
 
 
 def train_tissue(
@@ -138,7 +144,7 @@ def train_tissue(
     train_ds = _datasets(images.subset(tr), patch, config.seed, train=True)
     val_ds = _datasets(images.subset(va), patch, config.seed, train=False)
     mpp = patch.mpp if patch.mpp is not None else images.mpp
-    model = create_model(arch, num_classes=len(images.classes), classes=images.classes, input_size=patch.size, mpp=mpp, weights=weights)
+    model = create_model(arch, num_classes=len(images.classes), classes=images.classes, input_size=patch.size, mpp=mpp, stain=patch.stain, weights=weights)
     result = fit(model, train_ds, val_ds, config, out_dir, resume=resume, verbose=verbose)
     split = {"train_groups": sorted(set(images.table["group"].iloc[tr].astype(str))), "val_groups": sorted(set(images.table["group"].iloc[va].astype(str)))}
     Path(out_dir, "split.json").write_text(json.dumps({**split, "patch": asdict(patch)}, indent=2))
