@@ -9,14 +9,20 @@ tables::
 
 with ``Tk[v, c] = 10 ** (-M[k, c] * od(v))`` and the optional background shift
 table ``S``.  The kernels below evaluate that product without a logarithm or an
-exponential per pixel, in parallel over pixels.  Both the HED stain
-augmentation and the Macenko normalisation use :func:`apply_lut_product`.
+exponential per pixel.  Both the HED stain augmentation and the Macenko
+normalisation use :func:`apply_lut_product`.
+
+The kernels are serial and release the GIL (``nogil``); callers parallelise over
+images with threads.  numba's own parallel mode is avoided on purpose: with its
+OpenMP threading layer, a process that has run a parallel kernel aborts any child
+it forks (``fork() called from a process already using GNU OpenMP``), which kills
+PyTorch DataLoader workers.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 __all__ = ["lut_tables", "apply_lut_product", "od_moments", "od_projection"]
 
@@ -47,7 +53,7 @@ def lut_tables(
     return tables, shift
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def apply_lut_product(
     flat: np.ndarray,
     tables: np.ndarray,
@@ -63,7 +69,7 @@ def apply_lut_product(
     used to leave glass untouched), rounded and clipped to uint8.
     """
     n = flat.shape[0]
-    for i in prange(n):
+    for i in range(n):
         r = flat[i, 0]
         g = flat[i, 1]
         bl = flat[i, 2]

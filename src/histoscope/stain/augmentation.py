@@ -26,6 +26,7 @@ References
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -250,7 +251,13 @@ def hed_jitter(
             raise ValueError(
                 f"{len(params)} parameter rows need an (N={len(params)}, H, W, 3) batch, got {arr.shape}"
             )
-        return np.stack([kernel(arr[i], a[i], b[i], preserve_white, float(i0)) for i in range(len(arr))])
+        if len(arr) > 1:  # the kernels release the GIL: threads over the images of the batch
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(len(arr), os.cpu_count() or 1)) as pool:
+                outs = list(pool.map(lambda i: kernel(arr[i], a[i], b[i], preserve_white, float(i0)), range(len(arr))))
+            return np.stack(outs)
+        return np.stack([kernel(arr[0], a[0], b[0], preserve_white, float(i0))])
     return kernel(arr, a, b, preserve_white, float(i0))
 
 
