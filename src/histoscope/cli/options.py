@@ -20,6 +20,17 @@ scheduler = click.option(
 )
 
 
+def apply_options(options: list):
+    """A decorator applying a list of click options/arguments in their written order."""
+
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
 def report_failures(results) -> int:
     """Print one line per failed job; return the exit status (0 when all succeeded)."""
     failed = [r for r in results if not r.ok]

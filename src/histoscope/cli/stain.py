@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import click
 import numpy as np
 
-from .options import quiet, seed, slide_mpp
+from .options import apply_options, quiet, seed, slide_mpp
 
 #: Inputs whose level 0 is at most this many pixels on a side and that have a
 #: single level are treated as images; anything larger is a slide and is tiled.
@@ -34,24 +34,25 @@ def _expand(inputs: tuple[str, ...]) -> list[Path]:
     return out
 
 
-def _read_image(path: Path | str) -> np.ndarray:
-    """An image file as HxWx3 uint8 (errors name the file)."""
-    from ..slide import open_slide
+def _image_pixels(path: Path | str, slide_mpp: float | None = None) -> np.ndarray | None:
+    """An image file's pixels (HxWx3 uint8), or None when the file is a whole-slide image.
 
-    with open_slide(path) as slide:
-        if slide.level_count > 1 or max(slide.dimensions) > MAX_IMAGE_SIDE:
-            raise click.UsageError(
-                f"{path}: is a whole-slide image ({slide.dimensions[0]} x {slide.dimensions[1]}, "
-                f"{slide.level_count} levels); give a patch image here"
-            )
-        return slide.read_region((0, 0), slide.dimensions, level=0)
-
-
-def _is_image(path: Path, slide_mpp: float | None) -> bool:
+    Opens the file once; errors name the file.
+    """
     from ..slide import open_slide
 
     with open_slide(path, mpp=slide_mpp) as slide:
-        return slide.level_count == 1 and max(slide.dimensions) <= MAX_IMAGE_SIDE
+        if slide.level_count > 1 or max(slide.dimensions) > MAX_IMAGE_SIDE:
+            return None
+        return slide.read_region((0, 0), slide.dimensions, level=0)
+
+
+def _read_image(path: Path | str) -> np.ndarray:
+    """An image file as HxWx3 uint8; a whole-slide image here is a usage error."""
+    pixels = _image_pixels(path)
+    if pixels is None:
+        raise click.UsageError(f"{path}: is a whole-slide image; give a patch image here")
+    return pixels
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:
@@ -87,15 +88,6 @@ slide_tile_options = [
 ]
 
 
-def _apply(options: list) -> Any:
-    def deco(f: Any) -> Any:
-        for opt in reversed(options):
-            f = opt(f)
-        return f
-
-    return deco
-
-
 @click.group()
 def stain() -> None:
     """Stain normalisation and augmentation of images and slide tiles."""
@@ -109,7 +101,7 @@ def stain() -> None:
 @click.option("--device", default="cpu", show_default=True, help="torch backend: cpu, cuda or auto.")
 @click.option("--keep-glass/--map-glass", default=True, show_default=True, help="Leave white background as it is (Macenko).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="histoscope-stain", show_default=True)
-@_apply(slide_tile_options)
+@apply_options(slide_tile_options)
 @slide_mpp
 @seed
 @quiet
@@ -154,8 +146,9 @@ def normalize(inputs, target, method, backend, device, keep_glass, out, size, mp
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StainWarning)
         for path in tqdm(files, desc="normalise", unit="file", disable=quiet or len(files) < 2):
-            if _is_image(path, slide_mpp):
-                _save_png(one(_read_image(path)), out_dir / f"{path.stem}.png")
+            pixels = _image_pixels(path, slide_mpp)
+            if pixels is not None:
+                _save_png(one(pixels), out_dir / f"{path.stem}.png")
                 written += 1
                 continue
             slide, table = _slide_tiles(path, size=size, mpp=mpp, min_tissue=min_tissue, max_tiles=max_tiles, slide_mpp=slide_mpp, seed=seed)
@@ -177,7 +170,7 @@ def normalize(inputs, target, method, backend, device, keep_glass, out, size, mp
 @click.option("--sigma", type=click.FloatRange(min=0), default=0.05, show_default=True, help="HED stain augmentation strength (C).")
 @click.option("--preserve-white", is_flag=True, help="C keeps white background white.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="histoscope-augment", show_default=True)
-@_apply(slide_tile_options)
+@apply_options(slide_tile_options)
 @slide_mpp
 @seed
 @quiet
@@ -203,8 +196,9 @@ def augment(inputs, letters, copies, crop, sigma, preserve_white, out, size, mpp
 
     def sources() -> Iterator[tuple[str, np.ndarray]]:
         for path in _expand(inputs):
-            if _is_image(path, slide_mpp):
-                yield path.stem, _read_image(path)
+            pixels = _image_pixels(path, slide_mpp)
+            if pixels is not None:
+                yield path.stem, pixels
                 continue
             slide, table = _slide_tiles(path, size=size, mpp=mpp, min_tissue=min_tissue, max_tiles=max_tiles or 16, slide_mpp=slide_mpp, seed=seed)
             with slide:

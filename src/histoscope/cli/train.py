@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .options import quiet, seed
+from .options import apply_options, quiet, seed
 
 
 def _load_images(data: str, preset: str | None, label_column: str | None, group_column: str | None, annotation_column: str | None, classes: str | None, image_mpp: float | None) -> tuple[Any, dict[str, Any]]:
@@ -61,22 +61,13 @@ data_options = [
 ]
 
 
-def _apply(options: list) -> Any:
-    def deco(f: Any) -> Any:
-        for opt in reversed(options):
-            f = opt(f)
-        return f
-
-    return deco
-
-
 @click.group()
 def train() -> None:
     """Train models."""
 
 
 @train.command("tissue")
-@_apply(data_options)
+@apply_options(data_options)
 @click.option("--arch", default="small_cnn", show_default=True, help="small_cnn, resnet50, densenet121 or inception_v3.")
 @click.option("--folds", type=click.IntRange(min=0), default=0, show_default=True, help="Patient-level k-fold cross-validation (0: one training run).")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
@@ -165,7 +156,7 @@ def evaluate() -> None:
 
 
 @evaluate.command("tissue")
-@_apply(data_options)
+@apply_options(data_options)
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str), help="A checkpoint (best.pt) or bundled model name.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="histoscope-eval", show_default=True)
 @quiet

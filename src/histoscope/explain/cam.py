@@ -634,12 +634,9 @@ def cam_figure(
     cb.set_label("heatmap", fontsize=8)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".partial.{out.name}")  # keeps the suffix, which picks the format
+    from ..utils.figures import save_figure
+
     try:
-        fig.savefig(tmp, dpi=dpi)
+        return save_figure(fig, path, dpi=dpi)
     finally:
         plt.close(fig)
-    os.replace(tmp, out)
-    return out

@@ -10,7 +10,6 @@ missing parent folders and returns the path. The suffix of ``path`` picks the fo
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,22 +36,9 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 
 
 def _save(fig: Figure, path: str | os.PathLike[str], dpi: int) -> Path:
-    """Write ``fig`` to ``path`` atomically; create the parent folder; return the path."""
-    out = Path(path)
-    fmt = out.suffix.lstrip(".").lower() or "png"
-    supported = fig.canvas.get_supported_filetypes()
-    if fmt not in supported:
-        raise ValueError(f"cannot write a figure as {out.name!r}: the suffix must be one of {sorted(supported)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".partial.{out.stem}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=fmt)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    from ..utils.figures import save_figure
+
+    return save_figure(fig, path, dpi=dpi)
 
 
 def plot_confusion_matrix(

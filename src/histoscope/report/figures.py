@@ -88,10 +88,9 @@ def augmentation_figure(
             axes[-1, c].set_xlabel(_SHORT[title], fontsize=7)
     fig.suptitle("histoscope augmentations (Tellez et al. 2018, Fig. 5 style): one column per operation", fontsize=9)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".partial.{out.name}")  # keeps the suffix, which picks the format
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    from ..utils.figures import save_figure
+
+    try:
+        return save_figure(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
