@@ -94,3 +94,11 @@ def test_evaluate_refuses_a_model_with_other_classes(glas_csv, tmp_path):
     r = run("evaluate", "tissue", glas_csv, "--preset", "glas", "--model", ckpt, "--out", tmp_path / "ev")
     assert r.exit_code == 2
     assert "classes" in r.output and "benign" in r.output and "Traceback" not in r.output
+
+
+def test_evaluate_with_a_corrupt_checkpoint_is_one_clear_line(glas_csv, tmp_path):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = CliRunner().invoke(cli, ["evaluate", "tissue", str(glas_csv), "--preset", "glas", "--model", str(bad), "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2
+    assert "best.pt" in r.output and "not a readable PyTorch checkpoint" in r.output and "Traceback" not in r.output

@@ -166,7 +166,10 @@ def evaluate_tissue_cmd(data, preset, label_column, group_column, annotation_col
     from ..train.tissue import PatchConfig, evaluate_tissue
 
     images, opts = _load_images(data, preset, label_column, group_column, annotation_column, classes, image_mpp)
-    model = load_checkpoint(model_path, device=device)
+    try:
+        model = load_checkpoint(model_path, device=device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     cfg = model.config
     if list(cfg.classes) != list(images.classes):
         raise click.UsageError(f"{model_path}: the model's classes {cfg.classes} differ from the data's {images.classes}")

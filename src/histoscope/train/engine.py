@@ -361,7 +361,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> tor
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such checkpoint")
-    ck = torch.load(p, map_location="cpu", weights_only=False)
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: say which and why
+        raise ValueError(f"{p}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(ck, dict) or ck.get("config") is None:
         raise ValueError(f"{p}: not a histoscope checkpoint (no model config inside)")
     cfg = ModelConfig.from_dict(ck["config"])
