@@ -254,7 +254,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
         ({"lr": math.nan}, "lr must be > 0, got nan"),
         ({"optimizer": "adagrad"}, "optimizer must be .*'adagrad'"),
         ({"milestones": (0.5, 1.0)}, r"milestones are fractions in \(0, 1\), got \(0.5, 1.0\)"),
-        ({"select": "train_loss"}, "select must be val_acc or val_loss, got 'train_loss'"),
+        ({"select": "train_loss"}, "select must be val_acc, val_loss or val_f1, got 'train_loss'"),
     ],
 )
 def test_train_config_validation(kwargs, match):
@@ -326,3 +326,40 @@ def test_tiny_validation_set_keeps_the_last_epoch(tmp_path, caplog):
     result = fit(small_model(), tr, va, cfg(epochs=3), tmp_path, verbose=False)
     assert result.best_epoch == 3
     assert "the last epoch is kept" in caplog.text
+
+
+# --------------------------------------------------------------------------- the mitosis paper's options
+
+
+def test_exponential_schedule_goes_from_lr_to_lr_final(tmp_path):
+    tiny = halves(8, seed=2)
+    result = fit(small_model(), tiny, tiny, cfg(epochs=5, batch_size=8, lr=1e-3, lr_final=3e-5, schedule="exponential"), tmp_path, verbose=False)
+    lr = result.history["lr"].to_numpy()
+    np.testing.assert_allclose(lr, 1e-3 * (3e-5 / 1e-3) ** (np.arange(5) / 4), rtol=1e-9)
+    with pytest.raises(ValueError, match="lr_final"):
+        TrainConfig(lr=1e-3, lr_final=1e-2)
+
+
+def test_val_f1_selection_and_balanced_batches(tmp_path):
+    from histoscope.train.sampling import BalancedBatchSampler
+
+    tr, va = halves(64, seed=5), halves(40, seed=6)
+    labels = tr.tensors[1].numpy()
+    sampler = BalancedBatchSampler(labels, batch_size=8, seed=0)
+    result = fit(small_model(), tr, va, cfg(epochs=3, select="val_f1"), tmp_path, verbose=False, batch_sampler=sampler)
+    h = result.history
+    assert "val_f1" in h and h["val_f1"].between(0, 1).all()
+    best = max(range(len(h)), key=lambda i: (h["val_f1"].iloc[i], -h["val_loss"].iloc[i]))  # ties: lower loss
+    assert result.best_epoch == int(h["epoch"].iloc[best])
+
+
+def test_soft_targets_train_towards_the_given_probabilities(tmp_path):
+    """Distillation: labels are probability vectors; a constant target 0.8 is learnt as 0.8."""
+    base = halves(64, seed=7)
+    x = base.tensors[0]
+    soft = TensorDataset(x, torch.tensor([[0.2, 0.8]]).repeat(len(x), 1))
+    soft_val = TensorDataset(x[:40], torch.tensor([[0.2, 0.8]]).repeat(40, 1))
+    model = small_model()
+    fit(model, soft, soft_val, cfg(epochs=8, lr=1e-2, select="val_loss"), tmp_path, verbose=False)
+    probs, _ = predict(model, TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
+    assert probs[:, 1].mean() == pytest.approx(0.8, abs=0.1)

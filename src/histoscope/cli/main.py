@@ -34,6 +34,7 @@ def cli(verbose: int) -> None:
 def _register() -> None:
     from .analyze import analyze
     from .info import info
+    from .mitosis import detect, train_atypical_cmd, train_mitosis_cmd
     from .stain import stain
     from .tile import tile
     from .train import evaluate, train
@@ -42,7 +43,10 @@ def _register() -> None:
     cli.add_command(tile)
     cli.add_command(analyze)
     cli.add_command(stain)
+    train.add_command(train_mitosis_cmd)
+    train.add_command(train_atypical_cmd)
     cli.add_command(train)
+    cli.add_command(detect)
     cli.add_command(evaluate)
 
 

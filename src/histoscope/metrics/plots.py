@@ -1,4 +1,4 @@
-"""Figures of classifier results: confusion matrix, ROC curves, training curves.
+"""Figures of classifier and detector results: confusion matrix, ROC curves, training curves, F1 curves.
 
 Each function draws on its own :class:`matplotlib.figure.Figure` with the Agg canvas
 (no pyplot state, no GUI backend, safe in worker threads), writes the image
@@ -23,7 +23,7 @@ from .classification import _as_labels, _as_probs, _class_names
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["plot_confusion_matrix", "plot_roc_curves", "plot_training_curves"]
+__all__ = ["plot_confusion_matrix", "plot_f1_curve", "plot_roc_curves", "plot_training_curves"]
 
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:
@@ -290,4 +290,80 @@ def plot_training_curves(
         ax.grid(alpha=0.3)
     if title is not None:
         fig.suptitle(title)
+    return _save(fig, path, dpi)
+
+
+def plot_f1_curve(
+    curve: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    dpi: int = 150,
+) -> Path:
+    """Draw precision, recall and F1 against the detection threshold (Tellez et al., Fig. 7).
+
+    The threshold of the highest F1 is marked and given in the legend.
+
+    Parameters
+    ----------
+    curve : pandas.DataFrame
+        From :func:`~histoscope.metrics.f1_threshold_curve`: the columns ``threshold``,
+        ``precision``, ``recall`` and ``f1`` (NaN entries, e.g. the precision of a threshold
+        that keeps no detection, are skipped).
+    path : str or os.PathLike
+        Output image; missing parent folders are created.
+    title : str, optional
+        Default: "Detection F1 against threshold" with the best F1.
+    dpi : int, optional
+        Resolution of raster formats.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    TypeError
+        If ``curve`` is not a DataFrame.
+    ValueError
+        If a column is missing or ``curve`` has no rows.
+
+    References
+    ----------
+    .. [1] Tellez et al., "Whole-slide mitosis detection in H&E breast histology using PHH3 as
+       a reference to train distilled stain-invariant convolutional networks", IEEE TMI 2018,
+       Fig. 7.
+    """
+    if not isinstance(curve, pd.DataFrame):
+        raise TypeError(f"curve must be a pandas DataFrame, got {type(curve).__name__}")
+    needed = ("threshold", "precision", "recall", "f1")
+    missing = [c for c in needed if c not in curve.columns]
+    if missing:
+        raise ValueError(f"curve needs the columns {list(needed)} (from f1_threshold_curve); missing {missing}")
+    if len(curve) == 0:
+        raise ValueError("curve has no rows")
+    curve = curve.sort_values("threshold")
+    th = curve["threshold"].to_numpy(dtype=np.float64)
+
+    fig = _new_figure((6.4, 4.6))
+    ax = fig.add_subplot()
+    series = (("precision", "C0", "precision", 1.4), ("recall", "C1", "recall", 1.4), ("f1", "C2", "F1", 2.2))
+    for col, color, label, lw in series:
+        y = curve[col].to_numpy(dtype=np.float64)
+        ok = np.isfinite(y)
+        ax.plot(th[ok], y[ok], color=color, lw=lw, label=label)
+    f1 = curve["f1"].to_numpy(dtype=np.float64)
+    best_text = ""
+    if np.isfinite(f1).any():
+        b = int(np.nanargmax(f1))
+        ax.axvline(th[b], color="0.4", lw=1, ls=":")
+        ax.plot([th[b]], [f1[b]], "o", color="C2", ms=6, label=f"best F1 = {f1[b]:.3f} at {th[b]:.2f}")
+        best_text = f" (best F1 = {f1[b]:.3f})"
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("detection threshold")
+    ax.set_ylabel("score")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(title if title is not None else f"Detection F1 against threshold{best_text}")
     return _save(fig, path, dpi)

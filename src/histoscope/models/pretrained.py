@@ -84,8 +84,12 @@ def render_card(card: dict[str, Any]) -> str:
         f"inputs in [0, 1], normalised inside (mean {cfg['mean']}, std {cfg['std']}).",
         f"- Classes (output order): {', '.join(cfg['classes'])}.",
         f"- Weights: `{card['name']}.pt`, float16, {card['bytes']:,} bytes, SHA-256 `{card['sha256']}` (checked on load).",
-        f"- Load: `histoscope.models.pretrained.load_pretrained({card['name']!r})`; used by `histoscope analyze` for the tissue-class map.",
+        f"- Load: `histoscope.models.pretrained.load_pretrained({card['name']!r})`; {card.get('used_by', 'used by `histoscope analyze` for the tissue-class map')}.",
         "",
+    ]
+    if card.get("body"):  # a card written by its training command (e.g. the mitosis detector)
+        return "\n".join(lines + [card["body"].rstrip(), ""])
+    lines += [
         "## Data",
         f"- {card.get('data')} (preset `{card.get('preset')}`); licence and source: see ../shared/data/MANIFEST.md "
         "(GlaS: research use only, not commercial; cite Sirinukunwattana et al. 2017).",

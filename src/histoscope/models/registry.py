@@ -102,7 +102,7 @@ def register_model(name: str) -> Callable[[Callable[..., torch.nn.Module]], Call
 
 def list_models() -> list[str]:
     """Names of the registered models."""
-    from . import tissue  # noqa: F401  (registers the built-in models)
+    from . import mitosis, tissue  # noqa: F401  (registers the built-in models)
 
     return sorted(_REGISTRY)
 

@@ -1,6 +1,18 @@
-"""Reports: overlays, plots and the self-contained HTML report."""
+"""Reports: overlays, plots, GeoJSON for QuPath and the self-contained HTML report."""
 
+from .geojson import points_feature_collection, read_point_geojson, write_geojson
 from .html import write_report
-from .overlay import CLASS_COLOUR_NAMES, CLASS_COLOURS, draw_class_map, draw_tiles, overlay_mask
+from .overlay import CLASS_COLOUR_NAMES, CLASS_COLOURS, draw_class_map, draw_detections, draw_tiles, overlay_mask
 
-__all__ = ["write_report", "overlay_mask", "draw_tiles", "draw_class_map", "CLASS_COLOURS", "CLASS_COLOUR_NAMES"]
+__all__ = [
+    "write_report",
+    "overlay_mask",
+    "draw_tiles",
+    "draw_class_map",
+    "draw_detections",
+    "CLASS_COLOURS",
+    "CLASS_COLOUR_NAMES",
+    "points_feature_collection",
+    "write_geojson",
+    "read_point_geojson",
+]

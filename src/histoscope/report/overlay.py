@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from ..slide.mask import Mask
 
-__all__ = ["overlay_mask", "draw_tiles", "draw_class_map", "CLASS_COLOURS", "CLASS_COLOUR_NAMES"]
+__all__ = ["overlay_mask", "draw_tiles", "draw_class_map", "draw_detections", "CLASS_COLOURS", "CLASS_COLOUR_NAMES"]
 
 
 def overlay_mask(
@@ -92,3 +92,34 @@ def draw_class_map(
         mdraw.rectangle(box, fill=int(255 * alpha))
     base = Image.fromarray(thumbnail)
     return np.asarray(Image.composite(layer, base, cover))
+
+
+def draw_detections(
+    thumbnail: np.ndarray,
+    detections: pd.DataFrame,
+    *,
+    slide_dimensions: tuple[int, int],
+    hotspot_xy: tuple[float, float] | None = None,
+    hotspot_radius_px: float | None = None,
+    color: tuple[int, int, int] = (213, 94, 0),
+    hotspot_color: tuple[int, int, int] = (0, 114, 178),
+    radius: int | None = None,
+) -> np.ndarray:
+    """Thumbnail with a ring per detection (level-0 ``x``, ``y``) and the hotspot circle.
+
+    Rings are drawn at a fixed thumbnail size (about 1/150 of the longer side) so that a
+    single mitosis stays visible on a gigapixel slide's thumbnail.
+    """
+    img = Image.fromarray(thumbnail)
+    draw = ImageDraw.Draw(img)
+    sx, sy = thumbnail.shape[1] / slide_dimensions[0], thumbnail.shape[0] / slide_dimensions[1]
+    r = radius if radius is not None else max(3, round(max(thumbnail.shape[:2]) / 150))
+    lw = max(1, r // 3)
+    for x, y in detections[["x", "y"]].to_numpy(float):
+        cx, cy = x * sx, y * sy
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=color, width=lw)
+    if hotspot_xy is not None and hotspot_radius_px:
+        cx, cy = hotspot_xy[0] * sx, hotspot_xy[1] * sy
+        rx, ry = hotspot_radius_px * sx, hotspot_radius_px * sy
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], outline=hotspot_color, width=max(2, lw + 1))
+    return np.asarray(img)

@@ -63,8 +63,15 @@ class TrainConfig:
     aux_weight : float
         Weight of Inception-v3's auxiliary loss (when the model has its auxiliary head).
     weight_decay : float
-    select : {"val_acc", "val_loss"}
-        What picks the best checkpoint (ties on accuracy go to the lower loss).
+    schedule : {"step", "exponential"}
+        ``step``: multiply by ``gamma`` at ``milestones`` (the colorectal paper);
+        ``exponential``: decay every epoch from ``lr`` to ``lr_final`` at the last epoch
+        (the whole-slide mitosis paper: 1e-3 to 3e-5).
+    lr_final : float
+        Final learning rate of the exponential schedule.
+    select : {"val_acc", "val_loss", "val_f1"}
+        What picks the best checkpoint (ties go to the lower loss); ``val_f1`` is the F1
+        of class 1 (the positive class of a binary detector, e.g. mitosis).
     seed : int
     device : str
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
@@ -80,10 +87,12 @@ class TrainConfig:
     optimizer: Literal["auto", "adam", "rmsprop", "sgd"] = "auto"
     milestones: tuple[float, ...] = (0.4, 0.6, 0.8, 0.9)
     gamma: float = 0.1
+    schedule: Literal["step", "exponential"] = "step"
+    lr_final: float = 3e-5
     label_smoothing: float | None = None
     aux_weight: float = 0.4
     weight_decay: float = 0.0
-    select: Literal["val_acc", "val_loss"] = "val_acc"
+    select: Literal["val_acc", "val_loss", "val_f1"] = "val_acc"
     seed: int = 0
     device: str = "cpu"
     num_workers: int = 1
@@ -97,12 +106,27 @@ class TrainConfig:
             raise ValueError(f"optimizer must be auto, adam, rmsprop or sgd, got {self.optimizer!r}")
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError(f"milestones are fractions in (0, 1), got {self.milestones}")
-        if self.select not in ("val_acc", "val_loss"):
-            raise ValueError(f"select must be val_acc or val_loss, got {self.select!r}")
+        if self.select not in ("val_acc", "val_loss", "val_f1"):
+            raise ValueError(f"select must be val_acc, val_loss or val_f1, got {self.select!r}")
+        if self.schedule not in ("step", "exponential"):
+            raise ValueError(f"schedule must be step or exponential, got {self.schedule!r}")
+        if not 0 < self.lr_final <= self.lr:
+            raise ValueError(f"lr_final must be in (0, lr={self.lr}], got {self.lr_final}")
 
     def milestone_epochs(self) -> list[int]:
         """Epochs (0-based, at whose start) the learning rate drops."""
         return sorted({max(1, round(m * self.epochs)) for m in self.milestones if round(m * self.epochs) < self.epochs})
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of (0-based) ``epoch`` under this schedule."""
+        if self.schedule == "exponential":
+            return self.lr * self._exp_factor() ** epoch
+        from bisect import bisect_right
+
+        return self.lr * self.gamma ** bisect_right(self.milestone_epochs(), epoch)
+
+    def _exp_factor(self) -> float:
+        return (self.lr_final / self.lr) ** (1.0 / max(self.epochs - 1, 1))
 
 
 @dataclass
@@ -135,10 +159,18 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
 
-def _loader(ds: Dataset, cfg: TrainConfig, *, shuffle: bool) -> DataLoader:
+def _loader(ds: Dataset, cfg: TrainConfig, *, shuffle: bool, batch_sampler: Any = None) -> DataLoader:
     """The training loader, created once (persistent workers); reseed ``loader.generator`` per epoch."""
     g = torch.Generator()
     g.manual_seed(cfg.seed * 1000)
+    if batch_sampler is not None:
+        return DataLoader(
+            ds,
+            batch_sampler=batch_sampler,
+            num_workers=cfg.num_workers,
+            worker_init_fn=worker_init_fn if cfg.num_workers else None,
+            persistent_workers=cfg.num_workers > 0,
+        )
     return DataLoader(
         ds,
         batch_size=cfg.batch_size,
@@ -159,9 +191,17 @@ def _loss(model: torch.nn.Module, logits: torch.Tensor, y: torch.Tensor, cfg: Tr
     return loss
 
 
-def _evaluate(model: torch.nn.Module, ds: Dataset, cfg: TrainConfig, device: torch.device, smoothing: float) -> tuple[float, float]:
+def _evaluate(model: torch.nn.Module, ds: Dataset, cfg: TrainConfig, device: torch.device, smoothing: float) -> tuple[float, float, float]:
+    """Validation loss, accuracy and the F1 of class 1 (NaN when undefined)."""
     probs, labels, loss = _run(model, ds, cfg.batch_size, device, 0, smoothing=smoothing)
-    return loss, float((probs.argmax(1) == labels).mean()) if len(labels) else float("nan")
+    if not len(labels):
+        return loss, float("nan"), float("nan")
+    if labels.ndim == 2:  # soft targets
+        labels = labels.argmax(1)
+    pred = probs.argmax(1)
+    tp, fp, fn = int(((pred == 1) & (labels == 1)).sum()), int(((pred == 1) & (labels != 1)).sum()), int(((pred != 1) & (labels == 1)).sum())
+    f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan")
+    return loss, float((pred == labels).mean()), f1
 
 
 def _run(model: torch.nn.Module, ds: Dataset, batch_size: int, device: torch.device, num_workers: int = 0, *, smoothing: float = 0.0, verbose: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray, float]:
@@ -220,6 +260,7 @@ def fit(
     *,
     resume: bool = False,
     verbose: bool = True,
+    batch_sampler: Any = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_ds``, selecting the best epoch on ``val_ds``.
 
@@ -230,6 +271,8 @@ def fit(
     ----------
     model : torch.nn.Module
         Items of the datasets are ``(image, label)``; the model maps images to logits.
+        A label is a class index, or a float vector of class probabilities (soft
+        targets, as in knowledge distillation).
     train_ds, val_ds : Dataset
     config : TrainConfig
     out_dir : path
@@ -237,6 +280,9 @@ def fit(
         Continue from ``out_dir/last.pt`` (same data, model and config) if it exists.
     verbose : bool
         Progress bar per epoch.
+    batch_sampler : optional
+        Yields the index batches of an epoch (e.g. :class:`BalancedBatchSampler`); its
+        ``set_epoch(epoch)`` is called before each epoch.  Default: shuffled batches.
 
     Returns
     -------
@@ -250,7 +296,6 @@ def fit(
     seed_everything(config.seed)
     model.to(device)
     opt = _optimizer(model, config)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=config.milestone_epochs(), gamma=config.gamma)
     smoothing = config.label_smoothing if config.label_smoothing is not None else (0.1 if _is_inception(model) else 0.0)
     history: list[dict[str, Any]] = []
     start = 0
@@ -262,26 +307,18 @@ def fit(
         ck = torch.load(last_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
         history = ck["history"]
         start = ck["epoch"] + 1
-        # the schedule follows *this* config (e.g. more epochs than the first run): set the
-        # learning rate the straight run would have now and the milestones still to come
-        from bisect import bisect_right
-        from collections import Counter
-
-        milestones = config.milestone_epochs()
+        # the schedule follows *this* config (e.g. more epochs than the first run): the
+        # learning rate of each epoch is recomputed from it below
         old_epochs = ck.get("train_config", {}).get("epochs")
         if old_epochs is not None and old_epochs != config.epochs:
             log.warning("resuming a %d-epoch run as %d epochs: the schedule is recomputed", old_epochs, config.epochs)
-        sched.milestones = Counter(milestones)
-        for g in opt.param_groups:
-            g["lr"] = config.lr * config.gamma ** bisect_right(milestones, start)
         best_epoch = ck["best_epoch"]
         best_score = tuple(ck["best_score"]) if ck["best_score"] is not None else None
         _set_rng_state(ck["rng"])
         log.info("resuming from %s at epoch %d", last_path, start)
-    train_loader = _loader(train_ds, config, shuffle=True)
+    train_loader = _loader(train_ds, config, shuffle=True, batch_sampler=batch_sampler)
     # a validation set of a few patches picks noise: keep the last epoch then, and say so
     tiny_val = len(val_ds) < MIN_VALIDATION
     if tiny_val:
@@ -290,7 +327,13 @@ def fit(
         t0 = time.perf_counter()
         model.train()
         total, correct, n = 0.0, 0, 0
-        train_loader.generator.manual_seed(config.seed * 1000 + epoch)  # epoch order independent of resume
+        # epoch order independent of resume
+        if batch_sampler is not None:
+            batch_sampler.set_epoch(epoch)
+        else:
+            train_loader.generator.manual_seed(config.seed * 1000 + epoch)
+        for g in opt.param_groups:
+            g["lr"] = config.lr_at(epoch)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not verbose, leave=False)
         for x, y in bar:
             x, y = x.to(device), torch.as_tensor(y).to(device)
@@ -302,12 +345,11 @@ def fit(
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((logits.argmax(1) == (y.argmax(1) if y.is_floating_point() else y)).sum())
             n += len(y)
             bar.set_postfix(loss=f"{total / n:.3f}", acc=f"{correct / n:.3f}")
         lr = opt.param_groups[0]["lr"]
-        sched.step()
-        val_loss, val_acc = _evaluate(model, val_ds, config, device, smoothing)
+        val_loss, val_acc, val_f1 = _evaluate(model, val_ds, config, device, smoothing)
         row = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -315,10 +357,12 @@ def fit(
             "train_acc": correct / max(n, 1),
             "val_loss": val_loss,
             "val_acc": val_acc,
+            **({"val_f1": val_f1} if config.select == "val_f1" else {}),
             "seconds": time.perf_counter() - t0,
         }
         history.append(row)
-        score = (val_acc, -val_loss) if config.select == "val_acc" else (-val_loss, val_acc)
+        score = {"val_acc": (val_acc, -val_loss), "val_loss": (-val_loss, val_acc), "val_f1": (val_f1, -val_loss)}[config.select]
+        score = tuple(-np.inf if np.isnan(v) else v for v in score)
         if tiny_val:
             score = (float(epoch), 0.0)
         if best_score is None or score > best_score:
@@ -329,7 +373,6 @@ def fit(
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
                 "history": history,
                 "epoch": epoch,
                 "best_epoch": best_epoch,
