@@ -46,6 +46,10 @@ class AnalysisConfig:
     seed: int = 0
     #: Bundled tissue classifier drawn as a class map ("" or None: no class map).
     tissue_model: str | None = "colorectal_grader"
+    #: Bundled mitosis detector (None: no mitosis detection) and how it runs ("candidates":
+    #: the CNN at H&E candidates, fast on a CPU; "dense": the fully convolutional map).
+    mitosis_model: str | None = "mitosis_detector"
+    mitosis_mode: str = "candidates"
 
     def __post_init__(self) -> None:
         TileSpec(size=self.tile_size, mpp=self.mpp, overlap=self.overlap)  # validates
@@ -53,6 +57,8 @@ class AnalysisConfig:
             raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
         if self.slide_mpp is not None and not self.slide_mpp > 0:
             raise ValueError(f"slide_mpp must be positive, got {self.slide_mpp}")
+        if self.mitosis_mode not in ("candidates", "dense"):
+            raise ValueError(f"mitosis_mode must be 'candidates' or 'dense', got {self.mitosis_mode!r}")
 
 
 class _Timer:
@@ -85,6 +91,47 @@ def _histogram_png(values: np.ndarray, threshold: float) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config: AnalysisConfig, timer: _Timer, warnings: list[str], verbose: bool) -> tuple[Any, Any, dict[str, Any]]:
+    """Mitosis detections, hotspot, grade and count per 10 HPF: files, a figure and a report section."""
+    from PIL import Image
+
+    from .mitosis.detect import detect_mitoses
+    from .models.pretrained import load_pretrained
+    from .report import draw_detections, points_feature_collection, write_geojson
+
+    with timer.stage("mitosis detection"):
+        model = load_pretrained(config.mitosis_model)
+        res = detect_mitoses(slide, model, mask=mask, mode=config.mitosis_mode, out=work / "mitosis-prob.zarr" if config.mitosis_mode == "dense" else None, verbose=verbose)
+    det = res.detections
+    det.to_csv(work / "detections.csv", index=False)
+    write_geojson(points_feature_collection(det, name="Mitosis"), work / "detections.geojson")
+    h = res.hotspot
+    img = draw_detections(thumb, det, slide_dimensions=slide.dimensions, hotspot_xy=None if h is None else h.centre_xy, hotspot_radius_px=None if h is None else h.radius_px)
+    Image.fromarray(img).save(work / "mitoses.png")
+    s = res.summary()
+    card = getattr(model, "card", {})
+    f1 = (card.get("test_metrics") or {}).get("all", {}).get("f1")
+    if slide.mpp and abs(slide.mpp[0] - 0.25) / 0.25 > 0.6:
+        warnings.append(
+            f"The mitosis detector works at 0.25 um/px (40x); this slide's level 0 is {slide.mpp[0]:.3g} um/px, so it is "
+            "resampled and small mitotic figures may be missed: prefer 40x scans for mitotic counts."
+        )
+    fig = (
+        f"Mitoses ({config.mitosis_model}, {config.mitosis_mode} mode): {len(det)} detections (vermilion rings); "
+        f"hotspot of {2.0:g} mm² (blue circle)",
+        img,
+    )
+    rows = [
+        ("detections", len(det)),
+        ("hotspot count (95th percentile of a 2 mm² circle)", "n/a" if s["hotspot_count"] is None else f"{s['hotspot_count']:.0f}"),
+        ("proliferation score (the hotspot count)", "n/a" if s["proliferation_score"] is None else f"{s['proliferation_score']:.0f}"),
+        ("mitotic grade (1 / 2 / 3; thresholds 6 and 20)", "n/a" if s["grade"] is None else s["grade"]),
+        ("mitoses per 10 HPF (densest area)", "n/a" if s["mitoses_per_10hpf"] is None else f"{s['mitoses_per_10hpf']:.0f} ({s['mitotic_category']})"),
+        ("detector F1 on held-out patients (patch level)", "n/a" if f1 is None else f"{f1:.3f}"),
+    ]
+    return ("Mitoses", rows, ["measure", "value"]), fig, s
 
 
 def analyze_slide(
@@ -188,6 +235,16 @@ def analyze_slide(
                             ["class", "tiles", "share of tiles", "mean probability"],
                         )
                         summary_classes = {r["class"]: r["fraction"] for r in fr.to_dict("records")}
+            mitosis_section = mitosis_fig = None
+            if config.mitosis_model:
+                from .models.pretrained import list_pretrained
+
+                if config.mitosis_model not in list_pretrained():
+                    warnings.append(f"mitosis model {config.mitosis_model!r} is not bundled ({list_pretrained()}); no mitosis detection")
+                elif slide.mpp is None:
+                    warnings.append("no mitosis detection: the detector needs the slide's resolution (--slide-mpp)")
+                else:
+                    mitosis_section, mitosis_fig, summary_mitosis = _mitosis_stage(slide, mask, thumb, work, config, timer, warnings, verbose)
             info = slide.info()
             mpp = slide.mpp
             tissue_mm2 = (
@@ -207,6 +264,8 @@ def analyze_slide(
             }
             if class_section is not None:
                 summary["tissue_classes"] = summary_classes
+            if mitosis_section is not None:
+                summary["mitosis"] = summary_mitosis
             with timer.stage("report"):
                 W, H = slide.dimensions
                 meta = {
@@ -241,12 +300,14 @@ def analyze_slide(
                         ("Tissue mask (green) over the thumbnail", tissue_img),
                         (f"Tile grid: {len(tiles)} tiles of {spec.size} px with >= {config.min_tissue:.0%} tissue", grid_img),
                         *([class_fig] if class_fig else []),
+                        *([mitosis_fig] if mitosis_fig else []),
                     ],
                     plots=[("Tissue fraction of every tile of the grid", hist)],
                     sections=[
                         ("Slide metadata", meta, None),
                         ("Tiles", tiles_rows, None),
                         *([class_section] if class_section else []),
+                        *([mitosis_section] if mitosis_section else []),
                         ("Timings", timings, ["stage", "time"]),
                     ],
                 )

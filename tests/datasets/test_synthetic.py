@@ -248,7 +248,7 @@ def test_demo_slide_cached(tmp_path: os.PathLike[str], monkeypatch: pytest.Monke
     assert second.path.stat().st_mtime_ns == mtime
     assert second.path == first.path and second.levels == first.levels
     np.testing.assert_array_equal(second.mitoses, first.mitoses)
-    assert (second.width, second.height, second.mpp, second.seed) == (1024, 768, 0.5, 0)
+    assert (second.width, second.height, second.mpp, second.seed) == (1024, 768, synth._DEMO["mpp"], 0)
     # default location from $HISTOSCOPE_CACHE
     monkeypatch.setenv("HISTOSCOPE_CACHE", str(cache))
     third = demo_slide(verbose=False)

@@ -15,12 +15,14 @@ from .options import quiet, report_failures, scheduler, seed, slide_mpp, workers
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
 @click.option("--min-tissue", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--tissue-model", default="colorectal_grader", show_default=True, help="Bundled tissue classifier drawn as a class map; 'none' to skip.")
+@click.option("--mitosis-model", default="mitosis_detector", show_default=True, help="Bundled mitosis detector (detections, hotspot, grade); 'none' to skip.")
+@click.option("--mitosis-mode", type=click.Choice(["candidates", "dense"]), default="candidates", show_default=True, help="candidates: the CNN at H&E candidates (fast on a CPU); dense: the paper's fully convolutional map.")
 @slide_mpp
 @workers
 @scheduler
 @quiet
 @seed
-def analyze(slides, out, tile_size, mpp, overlap, min_tissue, tissue_model, slide_mpp, workers, scheduler, quiet, seed) -> None:
+def analyze(slides, out, tile_size, mpp, overlap, min_tissue, tissue_model, mitosis_model, mitosis_mode, slide_mpp, workers, scheduler, quiet, seed) -> None:
     """Analyse slides end to end and write a report folder per slide.
 
     With no SLIDE, analyses the bundled demo slide (a synthetic H&E slide generated on
@@ -33,7 +35,8 @@ def analyze(slides, out, tile_size, mpp, overlap, min_tissue, tissue_model, slid
     tissue_model = None if tissue_model.lower() in ("none", "") else tissue_model
     if tissue_model and tissue_model not in list_pretrained():
         raise click.BadParameter(f"no bundled model {tissue_model!r}; bundled: {list_pretrained()} (or 'none')", param_hint="--tissue-model")
-    config = AnalysisConfig(tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue, slide_mpp=slide_mpp, seed=seed, tissue_model=tissue_model)
+    mitosis_model = None if mitosis_model.lower() in ("none", "") else mitosis_model
+    config = AnalysisConfig(tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue, slide_mpp=slide_mpp, seed=seed, tissue_model=tissue_model, mitosis_model=mitosis_model, mitosis_mode=mitosis_mode)
     sources = list(slides)
     if not sources:
         from ..datasets import demo_slide
@@ -45,6 +48,8 @@ def analyze(slides, out, tile_size, mpp, overlap, min_tissue, tissue_model, slid
     for r in results:
         if r.ok:
             v = r.value
-            click.echo(f"{r.item}: {v['tissue_tiles']} tissue tiles, {v['tissue_fraction']:.1%} tissue -> {v['report']}")
+            mit = v.get("mitosis")
+            extra = "" if not mit else f", {mit['detections']} mitoses (grade {mit['grade']})"
+            click.echo(f"{r.item}: {v['tissue_tiles']} tissue tiles, {v['tissue_fraction']:.1%} tissue{extra} -> {v['report']}")
     click.echo(f"cohort table: {out}/cohort.csv")
     raise SystemExit(report_failures(results))

@@ -122,14 +122,16 @@ def detect() -> None:
 @click.option("--min-distance-um", type=click.FloatRange(min=0), default=25.0, show_default=True, help="Detections closer than this are merged.")
 @click.option("--hpf-area-mm2", type=click.FloatRange(min=0, min_open=True), default=None, help="Area of one high-power field (default 0.196 mm^2).")
 @click.option("--no-mask", is_flag=True, help="Run over the whole image, not only over detected tissue.")
+@click.option("--mode", type=click.Choice(["dense", "candidates"]), default="dense", show_default=True, help="dense: the paper's fully convolutional map (prob-map.zarr); candidates: the CNN only at H&E candidates (much faster on a CPU).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="histoscope-mitosis-detect", show_default=True)
 @quiet
-def detect_mitosis_cmd(inputs, model, slide_mpp, threshold, detection_threshold, min_distance_um, hpf_area_mm2, no_mask, device, out, quiet):
+def detect_mitosis_cmd(inputs, model, slide_mpp, threshold, detection_threshold, min_distance_um, hpf_area_mm2, no_mask, mode, device, out, quiet):
     """Detect mitoses in slides or images; hotspot, grade and mitotic count per 10 HPF.
 
     Writes OUT/<name>/: detections.csv, detections.geojson (QuPath), summary.json,
-    detections.png (thumbnail with detections and the hotspot circle) and prob-map.zarr.
+    detections.png (thumbnail with detections and the hotspot circle) and, in dense mode,
+    prob-map.zarr.
     """
     import os
     import shutil
@@ -161,8 +163,8 @@ def detect_mitosis_cmd(inputs, model, slide_mpp, threshold, detection_threshold,
                 try:
                     res = detect_mitoses(
                         s, net, threshold=threshold, detection_threshold=detection_threshold, min_distance_um=min_distance_um,
-                        mask=None if no_mask else "auto", out=work / "prob-map.zarr", hpf_area_mm2=hpf_area_mm2 or HPF_AREA_MM2,
-                        device=device, verbose=not quiet,
+                        mask=None if no_mask else "auto", out=work / "prob-map.zarr" if mode == "dense" else None,
+                        hpf_area_mm2=hpf_area_mm2 or HPF_AREA_MM2, mode=mode, device=device, verbose=not quiet,
                     )  # fmt: skip
                     res.detections.to_csv(work / "detections.csv", index=False)
                     write_geojson(points_feature_collection(res.detections, name="Mitosis"), work / "detections.geojson")

@@ -76,7 +76,7 @@ _RIM_MEAN = 0.95  # mean of the nuclear rim profile 0.85 + 0.2 * q^2 over an ell
 _DEMO: dict[str, Any] = {
     "width": 12000,
     "height": 9000,
-    "mpp": 0.5,
+    "mpp": 0.25,
     "seed": 0,
     "tile": 256,
     "n_mitoses": 20,
@@ -292,7 +292,7 @@ def demo_slide(
 ) -> SyntheticSlideInfo:
     """Return the bundled demo slide, generating it on first use.
 
-    The demo slide is ``synthetic_slide(width=12000, height=9000, mpp=0.5,
+    The demo slide is ``synthetic_slide(width=12000, height=9000, mpp=0.25,
     seed=0)`` with the other arguments at their defaults (about 15 s to
     draw).  It is written once
     into ``cache_dir`` under a name that holds the package version and the

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -292,6 +292,8 @@ def detect_candidates_slide(
     threshold: float = DEFAULT_THRESHOLD,
     smooth_um: float = DEFAULT_SMOOTH_UM,
     margin_um: float | None = None,
+    score: Callable[[np.ndarray], np.ndarray] | None = None,
+    patch: int = 64,
     verbose: bool = False,
 ) -> pd.DataFrame:
     """Mitosis candidates of a whole slide, tile by tile (Tellez et al. [1]_).
@@ -327,6 +329,12 @@ def detect_candidates_slide(
         As for :func:`detect_candidates`.
     margin_um : float, optional
         Width of the margin read around every core, in microns. Default two diameters.
+    score : callable, optional
+        ``(N, patch, patch, 3) uint8 -> (N,)`` scores of the patches centred on the
+        candidates (e.g. a mitosis CNN's probability), cut from the tile already in memory
+        (white beyond the slide's edge); adds a ``score`` column.
+    patch : int, optional
+        Side of the scored patches in pixels at ``mpp``.
     verbose : bool, optional
         Show a progress bar over the tiles.
 
@@ -403,9 +411,16 @@ def detect_candidates_slide(
             mj = np.clip((gx / sx).astype(np.int64), 0, mask.shape[1] - 1)
             keep &= mask.array[mi, mj]
         if keep.any():
-            parts.append(pd.DataFrame({"x": gx[keep], "y": gy[keep], "intensity": found["intensity"].to_numpy()[keep]}))
+            part = pd.DataFrame({"x": gx[keep], "y": gy[keep], "intensity": found["intensity"].to_numpy()[keep]})
+            if score is not None:
+                half = patch // 2
+                padded = np.pad(pixels, ((half, half), (half, half), (0, 0)), constant_values=255)
+                fx, fy = found["x"].to_numpy()[keep], found["y"].to_numpy()[keep]
+                crops = np.stack([padded[cy : cy + patch, cx : cx + patch] for cx, cy in zip(fx, fy)])
+                part["score"] = np.asarray(score(crops), dtype=np.float64)
+            parts.append(part)
     if not parts:
-        return _empty()
+        return _empty().assign(score=pd.Series(dtype=np.float64)) if score is not None else _empty()
     out = pd.concat(parts, ignore_index=True)
     out = out.sort_values(["intensity", "y", "x"], kind="stable").reset_index(drop=True)
     logger.info("%s: %d candidates in %d tiles", slide.name, len(out), len(table))
