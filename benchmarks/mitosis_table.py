@@ -87,6 +87,11 @@ def main() -> None:
         }
         if dense:
             det = evaluate_detection(model, data, verbose=verbose)
+            slug = name.split(" (")[0].replace(" ", "_").replace(",", "").replace("=", "")
+            det["curve"].to_csv(out / f"f1_curve_{slug}.csv", index=False)
+            from histoscope.metrics.plots import plot_f1_curve
+
+            plot_f1_curve(det["curve"], out / f"f1_curve_{slug}.png", title=f"{name}: detection within 8 um, AMi-Br test crops")
             a, b = det["at_0.8"], det["best"]
             r.update(
                 {

@@ -108,16 +108,11 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
     det.to_csv(work / "detections.csv", index=False)
     write_geojson(points_feature_collection(det, name="Mitosis"), work / "detections.geojson")
     h = res.hotspot
-    img = draw_detections(thumb, det, slide_dimensions=slide.dimensions, hotspot_xy=None if h is None else h.centre_xy, hotspot_radius_px=None if h is None else h.radius_px)
+    img = draw_detections(thumb, det, slide_dimensions=slide.dimensions, hotspot_xy=None if h is None else h.centre_xy, hotspot_radius_px=None if h is None else h.radius_px, ring_level0_px=8.0 / slide.mpp[0])
     Image.fromarray(img).save(work / "mitoses.png")
     s = res.summary()
     card = getattr(model, "card", {})
     f1 = (card.get("test_metrics") or {}).get("all", {}).get("f1")
-    if slide.mpp and abs(slide.mpp[0] - 0.25) / 0.25 > 0.6:
-        warnings.append(
-            f"The mitosis detector works at 0.25 um/px (40x); this slide's level 0 is {slide.mpp[0]:.3g} um/px, so it is "
-            "resampled and small mitotic figures may be missed: prefer 40x scans for mitotic counts."
-        )
     fig = (
         f"Mitoses ({config.mitosis_model}, {config.mitosis_mode} mode): {len(det)} detections (vermilion rings); "
         f"hotspot of {2.0:g} mm² (blue circle)",
@@ -243,6 +238,11 @@ def analyze_slide(
                     warnings.append(f"mitosis model {config.mitosis_model!r} is not bundled ({list_pretrained()}); no mitosis detection")
                 elif slide.mpp is None:
                     warnings.append("no mitosis detection: the detector needs the slide's resolution (--slide-mpp)")
+                elif slide.mpp[0] > 0.35:
+                    warnings.append(
+                        f"no mitosis detection: mitotic figures are counted on 40x scans (about 0.25 um/px); this slide's "
+                        f"finest level is {slide.mpp[0]:.3g} um/px and histoscope does not upsample."
+                    )
                 else:
                     mitosis_section, mitosis_fig, summary_mitosis = _mitosis_stage(slide, mask, thumb, work, config, timer, warnings, verbose)
             info = slide.info()

@@ -106,3 +106,20 @@ def test_bundled_detector_finds_held_out_mitoses_and_ignores_corners(shared):
     assert res["n_amibr"] == 40
     assert at["recall"] >= 0.5, at
     assert at["precision"] >= 0.5, at
+
+
+def test_batched_crops_equal_dense_map(shared):
+    """evaluate_detection's batched path gives dense_map's numbers on real AMi-Br crops."""
+    from PIL import Image
+
+    from histoscope.mitosis.detect import dense_crops
+
+    paths = sorted(shared("mitosis", "amibr_128", "normal").glob("*.png"))[:3]
+    crops = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    net = _calibrated_net(1)
+    maps = dense_crops(net, crops, batch_size=2)
+    for crop, pm in zip(crops, maps):
+        dm = dense_map(crop, net, slide_mpp=0.25, tile=128)
+        assert dm.origin_px == (0.0, 0.0) and dm.stride_px == net.stride
+        np.testing.assert_allclose(pm, np.asarray(dm.probs)[: pm.shape[0], : pm.shape[1]], atol=1e-5)
+        assert pm.shape == dm.shape

@@ -170,7 +170,7 @@ def detect_mitosis_cmd(inputs, model, slide_mpp, threshold, detection_threshold,
                     write_geojson(points_feature_collection(res.detections, name="Mitosis"), work / "detections.geojson")
                     thumb = s.thumbnail(1024)
                     h = res.hotspot
-                    img = draw_detections(thumb, res.detections, slide_dimensions=s.dimensions, hotspot_xy=None if h is None else h.centre_xy, hotspot_radius_px=None if h is None else h.radius_px)
+                    img = draw_detections(thumb, res.detections, slide_dimensions=s.dimensions, hotspot_xy=None if h is None else h.centre_xy, hotspot_radius_px=None if h is None else h.radius_px, ring_level0_px=8.0 / s.mpp[0])
                     Image.fromarray(img).save(work / "detections.png")
                     summary = {"input": str(path), "model": getattr(net, "card", {}).get("name", str(model)), **res.summary()}
                     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

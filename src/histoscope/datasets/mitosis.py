@@ -248,6 +248,14 @@ def mitosis_samples(
     def add(item: int, cx: float, cy: float, label: int, kind: str, meta: dict, dist: float) -> None:
         rows.append({"item": item, "x": int(round(cx)) - half, "y": int(round(cy)) - half, "size": patch, "label": label, "kind": kind, "distance_um": dist, **meta})
 
+    if not offcentre_offsets(patch, int(amibr["width"].min()), mpp=mpp, min_distance_um=min_distance_um):
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%d px patches cannot be cut %.0f um off centre from %d px AMi-Br crops: no same-source negatives, so the model "
+            "may learn the source instead of mitosis (DESIGN.md); use --patch 64 or larger crops",
+            patch, min_distance_um, int(amibr["width"].min()),
+        )  # fmt: skip
     for i, r in amibr.iterrows():
         meta = {"group": r["group"], "split": r["split"], "source": r["source"], "atypical": int(r["atypical"])}
         train = r["split"] == "train"

@@ -104,16 +104,21 @@ def draw_detections(
     color: tuple[int, int, int] = (213, 94, 0),
     hotspot_color: tuple[int, int, int] = (0, 114, 178),
     radius: int | None = None,
+    ring_level0_px: float | None = None,
 ) -> np.ndarray:
     """Thumbnail with a ring per detection (level-0 ``x``, ``y``) and the hotspot circle.
 
-    Rings are drawn at a fixed thumbnail size (about 1/150 of the longer side) so that a
-    single mitosis stays visible on a gigapixel slide's thumbnail.
+    Rings are at least about 1/150 of the thumbnail's longer side, so that a single
+    mitosis stays visible on a gigapixel slide's thumbnail, and at least
+    ``ring_level0_px`` level-0 pixels (e.g. the 8 um matching radius) when the thumbnail
+    is close to full resolution, so that the ring surrounds the figure instead of hiding it.
     """
     img = Image.fromarray(thumbnail)
     draw = ImageDraw.Draw(img)
     sx, sy = thumbnail.shape[1] / slide_dimensions[0], thumbnail.shape[0] / slide_dimensions[1]
     r = radius if radius is not None else max(3, round(max(thumbnail.shape[:2]) / 150))
+    if ring_level0_px is not None:
+        r = max(r, round(ring_level0_px * sx))
     lw = max(1, r // 3)
     for x, y in detections[["x", "y"]].to_numpy(float):
         cx, cy = x * sx, y * sy
