@@ -143,7 +143,7 @@ def main() -> None:
             m = dense_map(slide, model, tile=args.tile, batch_size=args.batch, verbose=not args.quiet)
             t_dense = min(t_dense, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        cand = detect_mitoses(slide, model, mode="candidates", mask=None, grade=False, threshold=0.0, min_distance_um=0.0)
+        cand = detect_mitoses(slide, model, mode="candidates", mask=None, grade=False, threshold=0.0, detection_threshold=0.0, min_distance_um=0.0)
         t_cand = time.perf_counter() - t0
         ref, t_patch = _patchwise(slide, model, args.patch_side, args.patch_batch)
         n = ref.shape[0]

@@ -111,8 +111,21 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
     img = draw_detections(thumb, det, slide_dimensions=slide.dimensions, hotspot_xy=None if h is None else h.centre_xy, hotspot_radius_px=None if h is None else h.radius_px, ring_level0_px=8.0 / slide.mpp[0])
     Image.fromarray(img).save(work / "mitoses.png")
     s = res.summary()
+    if "histoscope synthetic" in str(slide.properties.get("tiff.ImageDescription", "")):
+        warnings.append(
+            "This is a synthetic slide: its drawn nuclei are not real tissue, and the mitosis detector (trained on real "
+            "40x breast H&E) fires on many of them. The mitosis counts and grade here show the pipeline, not a result."
+        )
     card = getattr(model, "card", {})
     f1 = (card.get("test_metrics") or {}).get("all", {}).get("f1")
+    fp = ((card.get("detection") or {}).get("test_at_delta") or {}).get("fp_per_mm2_monuseg")
+    if fp is None or fp > 10:
+        rate = "not measured" if fp is None else f"{fp:.0f} false detections per mm²"
+        warnings.append(
+            f"The mitosis detector {config.mitosis_model!r} is experimental: on held-out tumour fields without annotated "
+            f"mitoses (MoNuSeg) it makes {rate} (see its model card), so detections, hotspot counts and grades are "
+            "over-estimated. Do not read them as a mitotic count."
+        )
     fig = (
         f"Mitoses ({config.mitosis_model}, {config.mitosis_mode} mode): {len(det)} detections (vermilion rings); "
         f"hotspot of {2.0:g} mm² (blue circle)",
@@ -125,6 +138,7 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
         ("mitotic grade (1 / 2 / 3; thresholds 6 and 20)", "n/a" if s["grade"] is None else s["grade"]),
         ("mitoses per 10 HPF (densest area)", "n/a" if s["mitoses_per_10hpf"] is None else f"{s['mitoses_per_10hpf']:.0f} ({s['mitotic_category']})"),
         ("detector F1 on held-out patients (patch level)", "n/a" if f1 is None else f"{f1:.3f}"),
+        ("detector false detections per mm² on held-out tumour fields", "n/a" if fp is None else f"{fp:.0f}"),
     ]
     return ("Mitoses", rows, ["measure", "value"]), fig, s
 

@@ -154,6 +154,8 @@ def detect_mitoses(
         Probability-map threshold before connected components (0.8 in the paper).
     detection_threshold : float, optional
         Keep detections whose peak probability is at least this (the paper's delta).
+        Default: the bundled model's ``detection_threshold`` (chosen on its validation
+        patients), if it has one.
     min_distance_um : float
         Detections closer than this are merged (the paper's ``d``).
     mask : Mask, "auto" or None
@@ -178,6 +180,8 @@ def detect_mitoses(
 
     times: dict[str, float] = {}
     net = resolve_mitosis_model(model, device=device)
+    if detection_threshold is None:  # the model's delta, chosen on its validation patients
+        detection_threshold = getattr(net, "card", {}).get("detection_threshold")
     own = not isinstance(slide, Slide)
     s = open_slide(slide, mpp=slide_mpp) if own else slide
     try:
@@ -288,10 +292,15 @@ def evaluate_detection(
     Detections are extracted at ``map_threshold`` and the detection threshold is swept
     (their Fig. 7).
 
+    Precision, recall and F1 pool every image: recall counts the AMi-Br mitoses found, false
+    positives are detections away from them *and every detection on a MoNuSeg field* (a
+    field without annotated mitosis; a crop alone can hold only one detection inside its
+    scored centre, so crops alone would make precision meaningless).
+
     Returns
     -------
     dict
-        ``curve`` (DataFrame: threshold, precision, recall, f1, tp, fp, fn — AMi-Br crops),
+        ``curve`` (DataFrame: threshold, precision, recall, f1, tp, fp, fn, pooled),
         ``at_0.8`` and ``best`` rows, ``fp_per_mm2`` (MoNuSeg, per threshold in the curve),
         ``predictions`` (DataFrame of every detection).
     """
@@ -322,20 +331,20 @@ def evaluate_detection(
             preds.append(keep_inside(det, crops.shape[2], crops.shape[1]).assign(image=item, kind="amibr", score=lambda d: d["prob"]))
     else:
         for item, crop in zip(tqdm(amibr_items, desc="candidate detection", disable=not verbose), crops):
-            res = detect_mitoses(crop, net, slide_mpp=mpp, threshold=map_threshold, min_distance_um=min_distance_um, mask=None, mode=mode, grade=False, device=device)
+            res = detect_mitoses(crop, net, slide_mpp=mpp, threshold=map_threshold, min_distance_um=min_distance_um, mask=None, mode=mode, grade=False, detection_threshold=0.0, device=device)
             preds.append(keep_inside(res.detections, crop.shape[1], crop.shape[0]).assign(image=item, kind="amibr", score=lambda d: d["prob"]))
     for item in amibr_items:
         truth.append({"image": item, "x": crops.shape[2] / 2.0, "y": crops.shape[1] / 2.0})
     for item in tqdm(monuseg_items, desc="MoNuSeg fields", disable=not verbose):
         with open_slide(table.loc[item, "image"], mpp=mpp) as s:
             W, H = s.dimensions
-            res = detect_mitoses(s, net, threshold=map_threshold, min_distance_um=min_distance_um, mask=None, mode=mode, grade=False, device=device)
+            res = detect_mitoses(s, net, threshold=map_threshold, min_distance_um=min_distance_um, mask=None, mode=mode, grade=False, detection_threshold=0.0, device=device)
         preds.append(keep_inside(res.detections, W, H).assign(image=item, kind="monuseg", score=lambda d: d["prob"]))
         area_mm2 += (W - 2 * half) * (H - 2 * half) * mpp * mpp / 1e6
     pred = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=["x", "y", "prob", "image", "kind", "score"])
     thr = np.round(np.arange(map_threshold, 1.0, 0.02), 4) if thresholds is None else np.asarray(thresholds)
-    a = pred[pred["kind"] == "amibr"]
-    curve = f1_threshold_curve(a[["image", "x", "y", "score"]], pd.DataFrame(truth), mpp=mpp, radius_um=radius_um, thresholds=thr)
+    # pooled over every image: a detection on a MoNuSeg field (no mitosis) is a false positive
+    curve = f1_threshold_curve(pred[["image", "x", "y", "score"]], pd.DataFrame(truth), mpp=mpp, radius_um=radius_um, thresholds=thr)
     m = pred[pred["kind"] == "monuseg"]
     curve["fp_per_mm2_monuseg"] = [float((m["score"] >= t).sum() / area_mm2) if area_mm2 else float("nan") for t in curve["threshold"]]
     at = curve.iloc[int(np.argmin(np.abs(curve["threshold"].to_numpy() - 0.8)))]
