@@ -93,6 +93,28 @@ def _histogram_png(values: np.ndarray, threshold: float) -> bytes:
     return buf.getvalue()
 
 
+#: Bundled atypical-versus-normal classifier applied to every detected mitosis, when present.
+ATYPICAL_MODEL = "mitosis_atypical"
+
+
+def _atypical_probabilities(slide: Any, det: Any, model: Any, *, batch: int = 128) -> np.ndarray:
+    """Probability that each detected mitosis is atypical (patches centred on the detections)."""
+    import torch
+
+    from .utils.convert import image_to_tensor
+
+    size, mpp = model.config.input_size, model.config.mpp
+    ds = mpp / slide.mpp[0]
+    half0 = size / 2 * ds
+    out = []
+    xy = det[["x", "y"]].to_numpy(float)
+    for i in range(0, len(xy), batch):
+        patches = np.stack([slide.read_region((int(round(x - half0)), int(round(y - half0))), (size, size), mpp=mpp) for x, y in xy[i : i + batch]])
+        with torch.inference_mode():
+            out.append(torch.softmax(model(image_to_tensor(patches)), 1)[:, 1].numpy())
+    return np.concatenate(out)
+
+
 def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config: AnalysisConfig, timer: _Timer, warnings: list[str], verbose: bool) -> tuple[Any, Any, dict[str, Any]]:
     """Mitosis detections, hotspot, grade and count per 10 HPF: files, a figure and a report section."""
     from PIL import Image
@@ -105,8 +127,15 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
         model = load_pretrained(config.mitosis_model)
         res = detect_mitoses(slide, model, mask=mask, mode=config.mitosis_mode, out=work / "mitosis-prob.zarr" if config.mitosis_mode == "dense" else None, verbose=verbose)
     det = res.detections
+    from .models.pretrained import list_pretrained
+
+    atypical_share = None
+    if ATYPICAL_MODEL in list_pretrained() and len(det):
+        with timer.stage("atypical mitoses"):
+            det = det.assign(p_atypical=_atypical_probabilities(slide, det, load_pretrained(ATYPICAL_MODEL)))
+            atypical_share = float((det["p_atypical"] >= 0.5).mean())
     det.to_csv(work / "detections.csv", index=False)
-    write_geojson(points_feature_collection(det, name="Mitosis"), work / "detections.geojson")
+    write_geojson(points_feature_collection(det, name="Mitosis", measurements=[c for c in ("prob", "p_atypical") if c in det]), work / "detections.geojson")
     h = res.hotspot
     img = draw_detections(thumb, det, slide_dimensions=slide.dimensions, hotspot_xy=None if h is None else h.centre_xy, hotspot_radius_px=None if h is None else h.radius_px, ring_level0_px=8.0 / slide.mpp[0])
     Image.fromarray(img).save(work / "mitoses.png")
@@ -137,6 +166,7 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
         ("proliferation score (the hotspot count)", "n/a" if s["proliferation_score"] is None else f"{s['proliferation_score']:.0f}"),
         ("mitotic grade (1 / 2 / 3; thresholds 6 and 20)", "n/a" if s["grade"] is None else s["grade"]),
         ("mitoses per 10 HPF (densest area)", "n/a" if s["mitoses_per_10hpf"] is None else f"{s['mitoses_per_10hpf']:.0f} ({s['mitotic_category']})"),
+        ("share of detections classified atypical (p >= 0.5)", "n/a" if atypical_share is None else f"{atypical_share:.1%}"),
         ("detector F1 on held-out patients (patch level)", "n/a" if f1 is None else f"{f1:.3f}"),
         ("detector false detections per mm² on held-out tumour fields", "n/a" if fp is None else f"{fp:.0f}"),
     ]

@@ -24,6 +24,9 @@ def test_analyze_reports_mitoses_on_a_40x_slide(tmp_path, mode):
     det = pd.read_csv(folder / "detections.csv")
     geo = read_point_geojson(folder / "detections.geojson")
     assert len(det) == len(geo) == summary["mitosis"]["detections"]
+    if "mitosis_atypical" in list_pretrained() and len(det):
+        assert det["p_atypical"].between(0, 1).all()
+        assert geo["p_atypical"].to_numpy() == pytest.approx(det["p_atypical"].to_numpy())
     assert summary["mitosis"]["grade"] in (1, 2, 3)
     assert summary["mitosis"]["mitotic_category"] in ("low", "moderate", "severe")
     assert (folder / "mitoses.png").is_file()
