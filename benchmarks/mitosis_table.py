@@ -92,7 +92,7 @@ def main() -> None:
             det["curve"].to_csv(out / f"f1_curve_{slug}.csv", index=False)
             from histoscope.metrics.plots import plot_f1_curve
 
-            plot_f1_curve(det["curve"], out / f"f1_curve_{slug}.png", title=f"{name}: detection within 8 um, AMi-Br test crops")
+            plot_f1_curve(det["curve"], out / f"f1_curve_{slug}.png", title=f"{name}: detection within 8 um (AMi-Br + MoNuSeg test)")
             a, b = det["at_0.8"], det["best"]
             r.update(
                 {
