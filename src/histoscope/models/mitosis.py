@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import ModelConfig, register_model
+from .registry import InputNormalization, ModelConfig, register_model
 
 __all__ = ["MitosisNet", "TABLE_II", "OUTPUT_STRIDE", "head_kernel"]
 
@@ -97,8 +97,7 @@ class MitosisNet(nn.Module):
             nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
         )
         self.classifier = nn.Conv2d(hidden, config.num_classes, 1)
-        self.register_buffer("_mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        self.normalize = InputNormalization(config)
 
     @property
     def receptive_field(self) -> int:
@@ -108,11 +107,6 @@ class MitosisNet(nn.Module):
         for _, stride in reversed(self.layers_spec):
             r = (r - 1) * stride + 3
         return r
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected (B, 3, H, W) input, got {tuple(x.shape)}")
-        return (x - self._mean) / self._std
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Input in [0, 1] -> the last 3x3 feature map (Grad-CAM's layer)."""

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["ModelConfig", "register_model", "create_model", "list_models", "load_weights", "file_sha256", "stain_transform"]
+__all__ = ["ModelConfig", "InputNormalization", "register_model", "create_model", "list_models", "load_weights", "file_sha256", "stain_transform"]
 
 _REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
 
@@ -86,6 +86,20 @@ class ModelConfig:
     def build_kwargs(self) -> dict[str, Any]:
         """Arguments that rebuild this model with :func:`create_model`."""
         return {"num_classes": self.num_classes, "classes": list(self.classes), "input_size": self.input_size, "mpp": self.mpp, "stain": self.stain, **self.arch_kwargs}
+
+
+class InputNormalization(torch.nn.Module):
+    """``(x - mean) / std`` of a config, for ``(B, 3, H, W)`` inputs in [0, 1] (every model's first step)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected (B, 3, H, W) input, got {tuple(x.shape)}")
+        return (x - self.mean) / self.std
 
 
 def register_model(name: str) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:

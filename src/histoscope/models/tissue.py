@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import ModelConfig, register_model
+from .registry import InputNormalization, ModelConfig, register_model
 
 __all__ = ["TissueNet", "SmallCNN"]
 
@@ -31,14 +31,8 @@ class TissueNet(nn.Module):
         self.fc = nn.Linear(channels, config.num_classes)
         self.aux = aux
         self._aux_from = aux_from
-        self.register_buffer("_mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        self.normalize = InputNormalization(config)
         self._aux_out: torch.Tensor | None = None
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected (B, 3, H, W) input, got {tuple(x.shape)}")
-        return (x - self._mean) / self._std
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> the last feature map ``(B, C, h, w)``."""
@@ -162,12 +156,10 @@ def inception_v3(config: ModelConfig, *, aux_logits: bool = True) -> TissueNet:
         m.AuxLogits = None
     owner: list = []
     features = _InceptionFeatures(m, owner)
-    net = TissueNet(config, features, 2048, dropout=0.5)
-    owner.append(net)
     # torchvision's Inception expects inputs in [-1, 1]: normalise with 0.5 / 0.5 (and say so in the config)
     config.mean = config.std = (0.5, 0.5, 0.5)
-    net._mean.fill_(0.5)
-    net._std.fill_(0.5)
+    net = TissueNet(config, features, 2048, dropout=0.5)
+    owner.append(net)
     return net
 
 
