@@ -55,7 +55,7 @@ def test_detections_are_the_post_processed_dense_map(image):
 
 
 def test_unknown_model_is_a_clear_error(image):
-    with pytest.raises(ValueError, match="no mitosis model 'nope'"):
+    with pytest.raises(ValueError, match="no model 'nope'"):
         detect_mitoses(image, "nope", slide_mpp=0.25)
 
 

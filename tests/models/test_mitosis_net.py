@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from histoscope.models import create_model
-from histoscope.models.mitosis import TABLE_II, head_kernel
+from histoscope.models.mitosis import STRIDE2_FIRST, TABLE_II, head_kernel
 
 
 def _net(size: int = 64, **kw):
@@ -31,9 +31,9 @@ def test_width_factor_scales_every_layer():
     assert 0.2 < n(half) / n(full) < 0.3  # parameters scale ~ gamma^2
 
 
-@pytest.mark.parametrize("size,first_stride", [(64, 1), (100, 1), (100, 2)])
-def test_dense_output_equals_patchwise_evaluation(size, first_stride):
-    m = _net(size, width=0.25, first_stride=first_stride)
+@pytest.mark.parametrize("size,strides", [(64, None), (100, None), (64, STRIDE2_FIRST), (100, (2, 2, 1, 2, 1, 1, 1, 1))])
+def test_dense_output_equals_patchwise_evaluation(size, strides):
+    m = _net(size, width=0.25, strides=strides)
     st = m.stride
     x = torch.rand(1, 3, size + 5 * st + 3, size + 7 * st + 1)
     with torch.no_grad():
@@ -58,10 +58,19 @@ def test_patch_forward_rejects_other_sizes_and_names_forward_dense():
         create_model("mitosis_cnn", num_classes=3)
     with pytest.raises(ValueError, match="too small"):
         create_model("mitosis_cnn", num_classes=2, input_size=16)
+    with pytest.raises(ValueError, match="strides must be 8"):
+        create_model("mitosis_cnn", num_classes=2, strides=(2, 2))
 
 
-def test_stride2_variant_has_total_stride_8():
-    assert _net(100, width=0.25, first_stride=2).stride == 8
+def test_stride2_variant_has_stride_two_first_layers_and_the_same_total_stride():
+    m = _net(64, width=0.5, strides=STRIDE2_FIRST)
+    convs = [l for l in m.features if isinstance(l, torch.nn.Conv2d)]
+    assert [c.stride[0] for c in convs] == list(STRIDE2_FIRST)
+    assert m.stride == 4 and m.head_kernel == 3
+
+
+def test_total_stride_is_the_product_of_the_layer_strides():
+    assert _net(100, width=0.25, strides=(2, 2, 1, 2, 1, 1, 1, 1)).stride == 8
     assert _net(64, width=0.25).stride == 4
 
 

@@ -76,6 +76,7 @@ def card_body(*, data: str, command: str, seed: int, config: dict[str, Any], spl
 @click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True, help="Bagging members k.")
 @click.option("--distill-width", type=click.FloatRange(min=0, min_open=True), default=None, help="Train a student of this width on the ensemble's probabilities.")
 @click.option("--hard-negatives/--no-hard-negatives", default=True, show_default=True, help="Easy model first, then negatives resampled by its probabilities.")
+@click.option("--strides", default=None, help="Strides of the eight 3x3 layers, comma-separated (Table II: 1,2,1,2,1,1,1,1; the one-pixel paper's stride-2 variant: 2,2,1,1,1,1,1,1).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True, help="DataLoader worker processes.")
 @click.option("--resume", is_flag=True, help="Continue (networks already trained in OUT are reused).")
@@ -83,7 +84,7 @@ def card_body(*, data: str, command: str, seed: int, config: dict[str, Any], spl
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="histoscope-mitosis", show_default=True)
 @seed
 @quiet
-def train_mitosis_cmd(data, patch, width, augment, epochs, batch_size, ensemble, distill_width, hard_negatives, device, workers, resume, export_path, out, seed, quiet):
+def train_mitosis_cmd(data, patch, width, augment, epochs, batch_size, ensemble, distill_width, hard_negatives, strides, device, workers, resume, export_path, out, seed, quiet):
     """Train the mitosis detector on DATA (the shared data folder: mitosis/amibr_128 + monuseg).
 
     The whole-slide mitosis paper's recipe: an easy model, hard negatives, a bagging
@@ -94,10 +95,14 @@ def train_mitosis_cmd(data, patch, width, augment, epochs, batch_size, ensemble,
     from ..train.mitosis import MitosisTrainConfig, colour_baselines, count_parameters, evaluate_patches, train_mitosis
 
     try:
+        stride_values = None if strides is None else tuple(int(v) for v in strides.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {strides!r}", param_hint="--strides") from None
+    try:
         d = mitosis_samples(data, patch=patch, seed=seed)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-    cfg = MitosisTrainConfig(width=width, augment=augment, epochs=epochs, batch_size=batch_size, ensemble=ensemble, distill_width=distill_width, hard_negatives=hard_negatives, seed=seed, device=device, num_workers=workers)
+    cfg = MitosisTrainConfig(width=width, augment=augment, epochs=epochs, batch_size=batch_size, ensemble=ensemble, distill_width=distill_width, hard_negatives=hard_negatives, strides=stride_values, seed=seed, device=device, num_workers=workers)
     res = train_mitosis(d, cfg, out_dir=out, resume=resume, verbose=not quiet)
     final = res["student"] if res["student"] is not None else res["ensemble"]
     metrics = evaluate_patches(final, d, device=device, verbose=not quiet)
@@ -142,7 +147,12 @@ def train_mitosis_cmd(data, patch, width, augment, epochs, batch_size, ensemble,
             raise click.UsageError("--export needs a single network: use --ensemble 1 or --distill-width")
         command = " ".join(["histoscope", *[a for a in sys.argv[1:] if a != "--resume"]])  # resuming is exact
         body = card_body(data=data, command=command, seed=seed, config={**cfg.__dict__, "parameters": count_parameters(final)}, split={k: f"{len(v)} patients" for k, v in split.items()}, metrics=metrics, baselines=baselines, detection=detection)
-        card = {"command": command, "seed": seed, "test_metrics": metrics, "baselines": baselines, "detection": detection, "detection_threshold": delta, "body": body, "used_by": "used by `histoscope detect mitosis` and `histoscope analyze` for mitosis detection, and the default target of `histoscope audit one-pixel`"}
+        used_by = (
+            "used by `histoscope detect mitosis` and `histoscope analyze` for mitosis detection, and the default target of `histoscope audit one-pixel`"
+            if stride_values is None
+            else f"the variant with strides {','.join(map(str, stride_values))} audited beside the bundled mitosis_detector by `histoscope audit one-pixel` (usable wherever a mitosis model is taken)"
+        )
+        card = {"command": command, "seed": seed, "test_metrics": metrics, "baselines": baselines, "detection": detection, "detection_threshold": delta, "body": body, "used_by": used_by}
         path = export_bundle(final, export_path, card=card)
         click.echo(f"exported {path}")
 

@@ -106,18 +106,9 @@ def _scorer(net: torch.nn.Module, device: str, batch: int = 256) -> Any:
 
 def resolve_mitosis_model(model: str | os.PathLike[str] | torch.nn.Module | None = None, *, device: str = "cpu") -> torch.nn.Module:
     """A detector from a bundled name, a checkpoint path (``best.pt``) or a module (None: the bundled default)."""
-    if isinstance(model, torch.nn.Module):
-        return model.to(device).eval()
-    from ..models.pretrained import list_pretrained, load_pretrained
+    from ..models.pretrained import resolve_model
 
-    name = DEFAULT_MODEL if model is None else str(model)
-    if name in list_pretrained():
-        return load_pretrained(name, device=device)
-    if os.path.isfile(name):
-        from ..train.engine import load_checkpoint
-
-        return load_checkpoint(name, device=device)
-    raise ValueError(f"no mitosis model {name!r}: not a bundled model ({list_pretrained()}) nor a checkpoint file")
+    return resolve_model(DEFAULT_MODEL if model is None else model, device=device)
 
 
 def detect_mitoses(

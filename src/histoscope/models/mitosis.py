@@ -21,17 +21,22 @@ patch-wise evaluation stay identical.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import nn
 
 from .registry import InputNormalization, ModelConfig, register_model
 
-__all__ = ["MitosisNet", "TABLE_II", "OUTPUT_STRIDE", "head_kernel"]
+__all__ = ["MitosisNet", "TABLE_II", "OUTPUT_STRIDE", "STRIDE2_FIRST", "head_kernel"]
 
 #: (output channels, stride) of the 3x3 layers of Table II, before the width factor.
 TABLE_II: tuple[tuple[int, int], ...] = ((32, 1), (32, 2), (64, 1), (64, 2), (128, 1), (128, 1), (256, 1), (256, 1))
 #: Total stride of the network: one dense output per 4 input pixels.
 OUTPUT_STRIDE = 4
+#: Strides of the one-pixel paper's variant: stride-(2, 2) convolutions in the first two layers.
+STRIDE2_FIRST: tuple[int, ...] = (2, 2, 1, 1, 1, 1, 1, 1)
 
 
 def head_kernel(input_size: int, layers: tuple[tuple[int, int], ...] = TABLE_II) -> int:
@@ -62,22 +67,25 @@ class MitosisNet(nn.Module):
     negative_slope : float
         Of the leaky ReLUs.
     batch_norm : bool
-    first_stride : int
-        Stride of the *first* convolution (1 in Table II).  2 gives the one-pixel paper's
-        stride-(2, 2) variant (total stride 8), whose vulnerable pixels form a checkerboard.
+    strides : sequence of 8 ints, optional
+        Strides of the eight 3x3 layers (Table II: ``1, 2, 1, 2, 1, 1, 1, 1``).
+        :data:`STRIDE2_FIRST` (``2, 2, 1, 1, 1, 1, 1, 1``) is the one-pixel paper's variant
+        with stride-(2, 2) convolutions in its first layers (the same total stride 4, so
+        dense inference is unchanged), whose vulnerable pixels form a checkerboard.
     """
 
-    def __init__(self, config: ModelConfig, *, width: float = 1.0, dropout: float = 0.5, negative_slope: float = 0.01, batch_norm: bool = True, first_stride: int = 1) -> None:
+    def __init__(self, config: ModelConfig, *, width: float = 1.0, dropout: float = 0.5, negative_slope: float = 0.01, batch_norm: bool = True, strides: Sequence[int] | None = None) -> None:
         super().__init__()
         if not width > 0:
             raise ValueError(f"width must be > 0, got {width}")
-        if first_stride not in (1, 2):
-            raise ValueError(f"first_stride must be 1 or 2, got {first_stride}")
+        strides = tuple(int(s) for s in (strides if strides is not None else (s for _, s in TABLE_II)))
+        if len(strides) != len(TABLE_II) or any(s not in (1, 2) for s in strides):
+            raise ValueError(f"strides must be {len(TABLE_II)} values of 1 or 2 (one per 3x3 layer), got {strides}")
         self.config = config
         self.width = width
-        layers_spec = ((TABLE_II[0][0], first_stride),) + TABLE_II[1:]
+        layers_spec = tuple((c, s) for (c, _), s in zip(TABLE_II, strides))
         self.layers_spec = layers_spec
-        self.stride = OUTPUT_STRIDE * first_stride
+        self.stride = int(np.prod(strides))
         k = head_kernel(config.input_size, layers_spec)
         self.head_kernel = k
         blocks: list[nn.Module] = []
@@ -122,6 +130,11 @@ class MitosisNet(nn.Module):
             )
         return torch.flatten(out, 1)
 
+    def layers(self) -> list[nn.Module]:
+        """The network as one flat chain (normalisation, convolutions, pointwise layers) whose
+        composition is :meth:`forward_dense`: what the one-pixel audit's incremental scoring walks."""
+        return [self.normalize, *self.features, *self.head, self.classifier]
+
     def get_classifier(self) -> nn.Conv2d:
         return self.classifier
 
@@ -143,11 +156,11 @@ class MitosisNet(nn.Module):
 
 
 @register_model("mitosis_cnn")
-def mitosis_cnn(config: ModelConfig, *, width: float = 1.0, dropout: float = 0.5, negative_slope: float = 0.01, batch_norm: bool = True, first_stride: int = 1) -> MitosisNet:
+def mitosis_cnn(config: ModelConfig, *, width: float = 1.0, dropout: float = 0.5, negative_slope: float = 0.01, batch_norm: bool = True, strides: Sequence[int] | None = None) -> MitosisNet:
     """Tellez et al.'s all-convolutional mitosis CNN (Table II); ``width`` is gamma."""
     if config.num_classes != 2:
         raise ValueError(f"the mitosis CNN has 2 classes (non-mitosis, mitosis), got num_classes={config.num_classes}")
-    return MitosisNet(config, width=width, dropout=dropout, negative_slope=negative_slope, batch_norm=batch_norm, first_stride=first_stride)
+    return MitosisNet(config, width=width, dropout=dropout, negative_slope=negative_slope, batch_norm=batch_norm, strides=strides)
 
 
 mitosis_cnn.default_input_size = 100  # type: ignore[attr-defined]

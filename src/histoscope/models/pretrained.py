@@ -17,7 +17,7 @@ import torch
 
 from .registry import ModelConfig, create_model, file_sha256
 
-__all__ = ["BUNDLED", "list_pretrained", "load_pretrained", "export_bundle", "pretrained_card", "render_card"]
+__all__ = ["BUNDLED", "list_pretrained", "load_pretrained", "resolve_model", "export_bundle", "pretrained_card", "render_card"]
 
 BUNDLED = Path(__file__).resolve().parent / "weights"
 
@@ -54,6 +54,20 @@ def load_pretrained(name: str, *, device: str = "cpu") -> torch.nn.Module:
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.card = card
     return model.to(device).eval()
+
+
+def resolve_model(model: str | os.PathLike[str] | torch.nn.Module, *, device: str = "cpu") -> torch.nn.Module:
+    """A model in eval mode from a bundled name, a training checkpoint path (``best.pt``) or a module."""
+    if isinstance(model, torch.nn.Module):
+        return model.to(device).eval()
+    name = str(model)
+    if name in list_pretrained():
+        return load_pretrained(name, device=device)
+    if os.path.isfile(name):
+        from ..train.engine import load_checkpoint
+
+        return load_checkpoint(name, device=device)
+    raise ValueError(f"no model {name!r}: not a bundled model ({', '.join(list_pretrained())}) nor a checkpoint file")
 
 
 def export_bundle(model: torch.nn.Module, path: str | os.PathLike[str], *, card: dict[str, Any]) -> Path:

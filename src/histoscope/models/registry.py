@@ -91,6 +91,8 @@ class ModelConfig:
 class InputNormalization(torch.nn.Module):
     """``(x - mean) / std`` of a config, for ``(B, 3, H, W)`` inputs in [0, 1] (every model's first step)."""
 
+    pointwise = True  # acts on each pixel alone (the one-pixel audit's incremental scoring relies on it)
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)

@@ -60,6 +60,9 @@ class MitosisTrainConfig:
         Bagging members (``k``); 1 = a single CNN.
     distill_width : float or None
         Width of the distilled student (None: no student).
+    strides : tuple of 8 ints or None
+        Strides of every network's 3x3 layers (None: Table II's;
+        ``histoscope.models.mitosis.STRIDE2_FIRST``: the one-pixel paper's stride-2 variant).
     seed : int
     device : str
     num_workers : int
@@ -75,6 +78,7 @@ class MitosisTrainConfig:
     hard_negatives: bool = True
     ensemble: int = 1
     distill_width: float | None = None
+    strides: tuple[int, ...] | None = None
     seed: int = 0
     device: str = "cpu"
     num_workers: int = 1
@@ -191,6 +195,8 @@ def train_detector(
     from ..utils.seed import seed_everything
 
     seed_everything(cfg.seed)  # the initial weights are part of the run's seed
+    if config.strides is not None:
+        arch.setdefault("strides", tuple(config.strides))
     model = _new_model(width, patch, data.images.mpp, **arch)
     fit(model, train_ds, val_ds, cfg, out_dir, resume=resume, verbose=verbose, batch_sampler=sampler)
     return model.eval()
