@@ -33,6 +33,7 @@ def cli(verbose: int) -> None:
 
 def _register() -> None:
     from .analyze import analyze
+    from .audit import audit, serve
     from .info import info
     from .mitosis import detect, train_atypical_cmd, train_mitosis_cmd
     from .stain import stain
@@ -48,6 +49,8 @@ def _register() -> None:
     cli.add_command(train)
     cli.add_command(detect)
     cli.add_command(evaluate)
+    cli.add_command(audit)
+    cli.add_command(serve)
 
 
 _register()

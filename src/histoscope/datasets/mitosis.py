@@ -293,3 +293,31 @@ def mitosis_samples(
     samples = pd.DataFrame(rows)
     samples["downsample"] = 1.0
     return MitosisData(images, samples)
+
+
+def audit_patches(data: MitosisData, *, split: Split = "test", per_class: int = 20, seed: int = 0) -> tuple[list[np.ndarray], list[str], np.ndarray]:
+    """Real patches for the one-pixel audit: ``per_class`` mitoses and ``per_class`` non-mitoses.
+
+    The non-mitoses are half same-source (AMi-Br off-centre) and half MoNuSeg nuclei, so that
+    an attack cannot lean on the source shortcut alone.  Drawn reproducibly from ``split``
+    (held-out patients by default).  Returns the ``(S, S, 3)`` uint8 images, names
+    ``<kind>/<group>/<item>@<x>,<y>`` and labels (1 mitosis).
+    """
+    from ..tiles.labelled import PatchDataset
+
+    rng = np.random.default_rng(seed)
+    rows = data.subset(split)
+    if rows.empty:
+        raise ValueError(f"no patches in the {split!r} split")
+    picks = []
+    quota = {"mitosis": per_class, "amibr_offcentre": per_class // 2, "monuseg_nucleus": per_class - per_class // 2}
+    for kind, n in quota.items():
+        pool = rows[rows["kind"] == kind]
+        if len(pool) < n:
+            raise ValueError(f"the {split!r} split has {len(pool)} {kind} patches, fewer than the {n} asked for")
+        picks.append(pool.iloc[np.sort(rng.choice(len(pool), n, replace=False))])
+    chosen = pd.concat(picks).reset_index(drop=True)
+    ds = PatchDataset(data.images, chosen)
+    images = [ds.read(i) for i in range(len(chosen))]
+    names = [f"{r.kind}/{r.group}/{r.item}@{r.x},{r.y}" for r in chosen.itertuples()]
+    return images, names, chosen["label"].to_numpy(int)

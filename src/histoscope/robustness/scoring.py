@@ -223,11 +223,19 @@ class PixelScorer:
 
     @torch.inference_mode()
     def _incremental(self, ys: torch.Tensor, xs: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+        """Scores from the cached activations, recomputing only what the pixel changes.
+
+        Per sample the exact range of changed rows / columns is tracked through every layer;
+        a batch computes the smallest window (one size for the batch, per-sample origins)
+        that holds every sample's changed range, so perturbations near the border (which
+        reach few outputs of the deep layers) cost less.
+        """
         assert self._steps is not None
         b = ys.shape[0]
         self.target.queries += b  # each perturbation is one (cheaper) model evaluation
         win = colours.view(b, 3, 1, 1)
-        oy, ox = ys, xs  # origin of the changed window in the current layer's coordinates
+        oy, ox = ys, xs  # per-sample origin of the batch window in the current layer
+        ylo, yhi, xlo, xhi = ys, ys, xs, xs  # per-sample changed range (inclusive)
         h = w = 1
         for step, cached in zip(self._steps, self._inputs):
             if step.conv is None:
@@ -238,13 +246,16 @@ class PixelScorer:
             hout, wout = (hin - kh) // sh + 1, (win_w - kw) // sw + 1
             if h == hin and w == win_w:  # the change already spans the map
                 win = step.full(win)
-                oy = ox = torch.zeros_like(oy)
+                oy = ox = ylo = xlo = torch.zeros_like(oy)
+                yhi, xhi = torch.full_like(oy, hout - 1), torch.full_like(ox, wout - 1)
                 h, w = hout, wout
                 continue
-            nh, nw = min(hout, (h + kh - 2) // sh + 1), min(wout, (w + kw - 2) // sw + 1)
-            # first output that sees the changed window: ceil((o - k + 1) / s), clamped into the map
-            ny = (-((kh - 1 - oy) // sh)).clamp(0, hout - nh)
-            nx = (-((kw - 1 - ox) // sw)).clamp(0, wout - nw)
+            # outputs that see the changed range: ceil((lo - k + 1) / s) .. floor(hi / s), inside the map
+            ylast, xlast = (yhi // sh).clamp(max=hout - 1), (xhi // sw).clamp(max=wout - 1)
+            ylo, xlo = torch.minimum((-((kh - 1 - ylo) // sh)).clamp(min=0), ylast), torch.minimum((-((kw - 1 - xlo) // sw)).clamp(min=0), xlast)
+            yhi, xhi = ylast, xlast
+            nh, nw = int((yhi - ylo).max()) + 1, int((xhi - xlo).max()) + 1
+            ny, nx = ylo.clamp(max=hout - nh), xlo.clamp(max=wout - nw)
             rh, rw = (nh - 1) * sh + kh, (nw - 1) * sw + kw
             region = _paste(_windows(cached[0], rh, rw)[ny * sh, nx * sw], win, oy - ny * sh, ox - nx * sw)
             win = step.full(region)
