@@ -119,6 +119,10 @@ class TorchTarget(Target):
         outs = []
         for chunk in torch.split(images.to(self.device, torch.float32), self.batch_size):
             out = self.module(chunk)
+            if out.ndim == 4 and out.shape[-2:] == (1, 1):  # fully convolutional classifiers
+                out = out.flatten(1)
+            if out.ndim != 2:
+                raise ValueError(f"{self.name} returned {tuple(out.shape)} for {len(chunk)} images; expected (N, classes)")
             outs.append(torch.softmax(out, dim=1) if self.outputs == "logits" else out)
         p = torch.cat(outs).float()
         if not self.classes:
