@@ -23,7 +23,7 @@ def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC))
 
 
-def _model(image: np.ndarray, *, mpp: float | None, width: float = 0.25, first_stride: int = 1, input_size: int = 64, seed: int = 0):
+def _model(image: np.ndarray, *, mpp: float | None, width: float = 0.25, strides: tuple[int, ...] | None = None, input_size: int = 64, seed: int = 0):
     """A random mitosis CNN whose batch-norm statistics are set from ``image``.
 
     With PyTorch's default initialisation the random network's outputs barely vary
@@ -31,7 +31,7 @@ def _model(image: np.ndarray, *, mpp: float | None, width: float = 0.25, first_s
     one training-mode pass sets every layer's statistics so the map spans (0, 1).
     """
     torch.manual_seed(seed)
-    model = create_model("mitosis_cnn", num_classes=2, input_size=input_size, width=width, mpp=mpp, first_stride=first_stride)
+    model = create_model("mitosis_cnn", num_classes=2, input_size=input_size, width=width, mpp=mpp, strides=strides)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.reset_running_stats()
@@ -66,14 +66,14 @@ def _sample(shape: tuple[int, int], n: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 @pytest.mark.parametrize(
-    "model_mpp, tile, first_stride, size",
-    [(0.25, 64, 1, 64), (0.5, 32, 1, 64), (0.25, 64, 2, 100)],
-    ids=["same-mpp", "resampled-x2", "stride8-100px"],
+    "model_mpp, tile, strides, size",
+    [(0.25, 64, None, 64), (0.5, 32, None, 64), (0.25, 64, (2, 2, 1, 2, 1, 1, 1, 1), 100), (0.25, 64, (2, 2, 1, 1, 1, 1, 1, 1), 64)],
+    ids=["same-mpp", "resampled-x2", "stride8-100px", "stride2-first-64px"],
 )
-def test_matches_patch_by_patch_on_generated_image(model_mpp, tile, first_stride, size):
+def test_matches_patch_by_patch_on_generated_image(model_mpp, tile, strides, size):
     image = _image(260, 300)
     slide = open_slide(image, mpp=0.25)
-    model = _model(image, mpp=model_mpp, first_stride=first_stride, input_size=size)
+    model = _model(image, mpp=model_mpp, strides=strides, input_size=size)
     st = model.stride
     m = dense_map(slide, model, tile=tile, batch_size=3)
     ds = model_mpp / 0.25

@@ -67,8 +67,15 @@ def plot_position_heatmaps(attacks: pd.DataFrame, shape: tuple[int, int], path: 
         g = attacks[attacks["direction"] == d]
         for ax, only, label in ((row[0], True, "successful"), (row[1], False, "all attacks")):
             heat = position_heatmap(g, shape, successful_only=only)
-            im = ax.imshow(heat, cmap="magma", interpolation="nearest")
+            if heat.sum() == 0:
+                ax.text(0.5, 0.5, f"{d}: no {label}", ha="center", va="center", transform=ax.transAxes)
+                ax.set_axis_off()
+                continue
+            im = ax.imshow(heat, cmap="magma", interpolation="nearest", vmin=0)
             fig.colorbar(im, ax=ax, shrink=0.8)
+            if heat.sum() < 200:  # few attacks: ring each so that single pixels stay visible
+                yy, xx = np.nonzero(heat)
+                ax.scatter(xx, yy, s=40, facecolors="none", edgecolors="#35c0ff", linewidths=0.8)
             ax.set_title(f"{d}: {label} (n={int(heat.sum())})", fontsize=9)
             ax.set_xlabel("x")
             ax.set_ylabel("y")
@@ -121,10 +128,11 @@ def write_audit_report(
         ("Chromatic analysis (their Fig. 1-2): colour distance of the attack pixel from its neighbours vs score change", plot_chromatic(attacks, out / "chromatic.png")),
         ("Attack positions (their Fig. 3-4)", plot_position_heatmaps(attacks, shape, out / "positions.png")),
     ]
+    gallery = []
     for name, img, m, atk in maps:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         verdict = "" if atk is None else (" — attack succeeded" if atk.get("success") else " — attack failed")
-        plots.append((f"Confidence maps of {name}{verdict} (their Fig. 5; red circle: the DE attack's best pixel)", plot_confidence_maps(img, m, attack=atk, title=name, path=out / f"confidence_{safe}.png")))
+        gallery.append((f"{name}{verdict}; red circle: the DE attack's best pixel", plot_confidence_maps(img, m, attack=atk, title=name, path=out / f"confidence_{safe}.png")))
 
     def rows(df: pd.DataFrame) -> tuple[list[list[Any]], list[str]]:
         return df.astype(object).values.tolist(), list(df.columns)
@@ -156,4 +164,5 @@ def write_audit_report(
         warnings=warnings,
         plots=plots,
         sections=sections,
+        galleries=[("Confidence maps beside the image (their Fig. 5)", gallery)] if gallery else [],
     )

@@ -25,7 +25,7 @@ table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;paddin
 font-size:.9rem}th{background:#f4f4f4}.figs{display:flex;flex-wrap:wrap;gap:1rem}figure{margin:0;flex:1 1 360px}
 figure img{width:100%;height:auto;border:1px solid #ccc;image-rendering:auto}
 .plots figure{flex:0 1 480px}figcaption{font-size:.85rem;color:#555}
-footer{margin-top:3rem;color:#888;font-size:.8rem}
+figure.wide{margin:1rem 0}footer{margin-top:3rem;color:#888;font-size:.8rem}
 """
 
 
@@ -62,6 +62,7 @@ def write_report(
     figures: Sequence[tuple[str, np.ndarray | bytes]] = (),
     plots: Sequence[tuple[str, bytes]] = (),
     sections: Sequence[tuple[str, Mapping[str, Any] | Sequence[Sequence[Any]], Sequence[str] | None]] = (),
+    galleries: Sequence[tuple[str, Sequence[tuple[str, bytes]]]] = (),
 ) -> Path:
     """Write a self-contained report.html.
 
@@ -73,6 +74,8 @@ def write_report(
         Charts, shown at their natural size.
     sections : sequence of (heading, rows, header)
         Tables: rows as a mapping (key/value table) or a list of rows with a header.
+    galleries : sequence of (heading, [(caption, png bytes), ...])
+        Wide figures (several panels each), one per row at the page width, after the tables.
     """
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -99,6 +102,13 @@ def write_report(
         parts.append("</div>")
     for heading, rows, header in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{_table(rows, header)}")
+    for heading, items in galleries:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        for caption, png in items:
+            parts.append(
+                f"<figure class='wide'><img alt='{html.escape(caption)}' src='{png_data_uri(png)}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
     parts.append(f"<footer>histoscope {__version__}</footer></body></html>")
     path = Path(path)
     path.write_text("".join(parts), encoding="utf-8")
