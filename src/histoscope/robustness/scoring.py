@@ -35,9 +35,6 @@ __all__ = ["PixelScorer", "chain_layers", "image_tensor", "Mode"]
 
 Mode = Literal["auto", "plain", "incremental"]
 
-#: Incremental scoring splits a batch of scattered positions into at most MAX_BUCKETS of at least MIN_BUCKET.
-MIN_BUCKET, MAX_BUCKETS = 96, 4
-
 _POINTWISE = (nn.BatchNorm2d, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
@@ -209,42 +206,10 @@ class PixelScorer:
         for i in range(0, ys.shape[0], self.batch_size):
             sl = slice(i, i + self.batch_size)
             if self.mode == "incremental":
-                outs.append(self._incremental_buckets(ys[sl], xs[sl], colours[sl] / 255))
+                outs.append(self._incremental(ys[sl], xs[sl], colours[sl] / 255))
             else:
                 outs.append(self._plain(ys[sl], xs[sl], colours[sl] / 255))
         return torch.cat(outs) if outs else torch.empty(0, self.original.shape[0], device=self.device)
-
-    def _spans(self, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-        """Per sample, the multiply-adds its exact changed windows need (positions only, no data)."""
-        assert self._steps is not None
-        cost = torch.zeros(ys.shape[0], dtype=torch.float64, device=ys.device)
-        ylo, yhi, xlo, xhi = ys, ys, xs, xs
-        for step, cached in zip(self._steps, self._inputs):
-            if step.conv is None:
-                continue
-            hin, win_w = cached.shape[-2:]
-            (kh, kw), (sh, sw) = step.kernel, step.stride
-            hout, wout = (hin - kh) // sh + 1, (win_w - kw) // sw + 1
-            yhi2, xhi2 = (yhi // sh).clamp(max=hout - 1), (xhi // sw).clamp(max=wout - 1)
-            ylo = torch.minimum((-((kh - 1 - ylo) // sh)).clamp(min=0), yhi2)
-            xlo = torch.minimum((-((kw - 1 - xlo) // sw)).clamp(min=0), xhi2)
-            yhi, xhi = yhi2, xhi2
-            cost += ((yhi - ylo + 1) * (xhi - xlo + 1)).double() * step.weight[0].numel() * step.weight.shape[0]
-        return cost
-
-    def _incremental_buckets(self, ys: torch.Tensor, xs: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-        """Scattered positions (DE populations): sort by the work each needs and score in a few
-        buckets, so that perturbations near the border (small windows in the deep layers) are not
-        padded to the interior ones' windows."""
-        b = ys.shape[0]
-        buckets = 1 if b < 2 * MIN_BUCKET else min(MAX_BUCKETS, b // MIN_BUCKET)
-        if buckets == 1:
-            return self._incremental(ys, xs, colours)
-        order = torch.argsort(self._spans(ys, xs))
-        out = torch.empty(b, self.original.shape[0], device=self.device)
-        for idx in torch.tensor_split(order, buckets):
-            out[idx] = self._incremental(ys[idx], xs[idx], colours[idx])
-        return out
 
     def perturbed(self, ys: torch.Tensor, xs: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
         """The perturbed images ``(B, 3, H, W)`` in [0, 1], built on the device."""
