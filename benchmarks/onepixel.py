@@ -10,6 +10,10 @@ Parts (``--part``, default all):
     Brute-force confidence maps, plain vs incremental scoring, on one real patch: evaluations/s,
     the max difference between the two maps, and what a full 64 x 64 map with the paper's
     140,608 colours would take at that rate.
+``maps``
+    Full confidence maps (64 colours) of ``--map-images`` held-out mitoses per model: the
+    mean one-pixel score range on even/even pixels over that on the others (the
+    checkerboard a stride-2 first layer leaves; 1 = none).
 ``share``
     Per model (bundled mitosis_detector, mitosis_detector_stride2): the share of held-out
     patches whose decision one pixel flips, per direction (mitosis-to-normal on mitoses,
@@ -34,7 +38,7 @@ import torch
 
 from histoscope.datasets.mitosis import audit_patches, mitosis_samples
 from histoscope.robustness import DEConfig, TorchTarget, as_target, attack_images, one_pixel_attack
-from histoscope.robustness.analysis import periodicity_table
+from histoscope.robustness.analysis import map_parity, periodicity_table
 from histoscope.robustness.confidence import PAPER_COLOUR_STEP, confidence_maps
 from histoscope.robustness.scoring import colour_grid, image_tensor
 from histoscope.utils.seed import seed_everything
@@ -157,7 +161,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--out", default="benchmarks/out/onepixel")
-    ap.add_argument("--part", choices=["all", "peers", "bruteforce", "share"], default="all")
+    ap.add_argument("--part", choices=["all", "peers", "bruteforce", "maps", "share"], default="all")
+    ap.add_argument("--map-images", type=int, default=3)
     ap.add_argument("--per-class", type=int, default=15, help="Held-out patches per class for the share measurement.")
     ap.add_argument("--peer-images", type=int, default=6)
     ap.add_argument("--peer-generations", type=int, default=15)
@@ -187,6 +192,19 @@ def main() -> None:
             r = bruteforce(model, mit, args.colour_step, args.rows_step)
             print(model, json.dumps(r, indent=1), flush=True)
             results[f"bruteforce_{model}"] = r
+    if args.part in ("all", "maps"):
+        rows = []
+        mits = [im for im, lab in zip(images, labels) if lab == 1][: args.map_images]
+        for model in ("mitosis_detector", "mitosis_detector_stride2"):
+            target = as_target(model)
+            for i, im in enumerate(mits):
+                m = confidence_maps(target, im, colours=args.colour_step, verbose=False)
+                m.save(out / f"map_{model}_{i}.npz")
+                rows.append({"model": model, "image": i, **map_parity(m.min, m.max), "evaluations/s": m.evaluations_per_second})
+        df = pd.DataFrame(rows)
+        print(df.to_string(index=False), flush=True)
+        df.to_csv(out / "map_parity.csv", index=False)
+        results["maps"] = df.to_dict("records")
     if args.part in ("all", "share"):
         summaries = []
         for model in ("mitosis_detector", "mitosis_detector_stride2"):

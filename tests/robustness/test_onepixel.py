@@ -187,3 +187,14 @@ def test_audit_command_writes_report_csv_and_maps(tmp_path):
     Image.fromarray(real_patch(size=40)).save(small)
     res = CliRunner().invoke(cli, ["audit", "one-pixel", str(small), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "small.png: 40 x 40 px is smaller than the 64 x 64" in res.output
+
+
+def test_map_parity_measures_a_checkerboard():
+    from histoscope.robustness.analysis import map_parity
+
+    yy, xx = np.mgrid[0:8, 0:10]
+    mn = np.zeros((8, 10))
+    mx = np.where((yy % 2 == 0) & (xx % 2 == 0), 3.0, 1.0)
+    p = map_parity(mn, mx)
+    assert p["mean range even/even"] == 3 and p["mean range odd/odd"] == 1 and p["even/even to others"] == pytest.approx(3.0)
+    assert map_parity(mn, np.ones((8, 10)))["even/even to others"] == pytest.approx(1.0)

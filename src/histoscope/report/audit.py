@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..robustness.analysis import chromatic_rmse, periodicity_table, position_heatmap, spatial_table, summary_table
+from ..robustness.analysis import chromatic_rmse, map_parity, periodicity_table, position_heatmap, spatial_table, summary_table
 from ..robustness.confidence import ConfidenceMaps
 from .html import write_report
 
@@ -150,8 +150,8 @@ def write_audit_report(
         sections.append(
             (
                 "Confidence maps",
-                [[n, m.class_name, f"{m.original:.4f}", f"{np.nanmin(m.min):.4f}", f"{np.nanmax(m.max):.4f}", m.n_colours, m.evaluations, f"{m.evaluations_per_second:.0f}", m.mode] for n, _, m, _ in maps],
-                ["image", "class", "original", "min of min map", "max of max map", "colours", "evaluations", "evaluations/s", "mode"],
+                [[n, m.class_name, f"{m.original:.4f}", f"{np.nanmin(m.min):.4f}", f"{np.nanmax(m.max):.4f}", f"{map_parity(m.min, m.max)['even/even to others']:.2f}", m.n_colours, m.evaluations, f"{m.evaluations_per_second:.0f}", m.mode] for n, _, m, _ in maps],
+                ["image", "class", "original", "min of min map", "max of max map", "score range even/even vs other pixels (checkerboard > 1)", "colours", "evaluations", "evaluations/s", "mode"],
             )
         )
     if timings:

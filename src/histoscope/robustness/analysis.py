@@ -86,3 +86,15 @@ def summary_table(attacks: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def map_parity(min_map: np.ndarray, max_map: np.ndarray) -> dict[str, float]:
+    """Mean one-pixel score range (max - min map) per coordinate parity (x/y) and the
+    even/even to other ratio: above 1 where the checkerboard of a stride-2 first layer shows."""
+    rng = np.asarray(max_map, float) - np.asarray(min_map, float)
+    yy, xx = np.mgrid[0 : rng.shape[0], 0 : rng.shape[1]]
+    names = parity(xx, yy)
+    out = {f"mean range {k}": float(np.nanmean(np.where(names == k, rng, np.nan))) for k in PARITIES}
+    others = np.nanmean(np.where(names != "even/even", rng, np.nan))
+    out["even/even to others"] = out["mean range even/even"] / others if others > 0 else float("nan")
+    return out
