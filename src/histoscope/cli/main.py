@@ -34,6 +34,7 @@ def cli(verbose: int) -> None:
 def _register() -> None:
     from .analyze import analyze
     from .audit import audit, serve
+    from .phh3 import phh3
     from .info import info
     from .mitosis import detect, train_atypical_cmd, train_mitosis_cmd
     from .stain import stain
@@ -51,6 +52,7 @@ def _register() -> None:
     cli.add_command(evaluate)
     cli.add_command(audit)
     cli.add_command(serve)
+    cli.add_command(phh3)
 
 
 _register()
