@@ -124,3 +124,57 @@ def test_phh3_commands_write_candidates_labels_and_overlays(tmp_path):
     Image.fromarray(img[:100, :100]).save(tmp_path / "small.png")
     r = CliRunner().invoke(cli, ["phh3", "register", str(tmp_path / "he.png"), str(tmp_path / "small.png"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "differ too much in size" in r.output
+
+
+LABELS = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "phh3_ihc_candidate_labels.csv"
+
+
+def test_majority_vote_keeps_agreed_samples():
+    from histoscope.train.phh3 import majority_vote
+
+    t = pd.DataFrame(
+        {
+            "id": [0, 1, 2, 3, 4],
+            "observer_a": ["m", "m", "n", "m", np.nan],
+            "observer_b": ["m", "n", "n", "m", "m"],
+            "observer_c": ["m", "m", "m", "n", "m"],
+            "observer_d": ["n", "n", "n", "n", "m"],
+        }
+    )
+    v = majority_vote(t, min_agree=3)
+    assert list(v["id"]) == [0, 2, 4] and list(v["label"]) == ["m", "n", "m"] and list(v["agree"]) == [3, 3, 3]
+    assert list(majority_vote(t, min_agree=2)["id"]) == [0, 2, 4]  # 1 and 3 tie 2-2: no majority
+    with pytest.raises(ValueError, match="min_agree must be in 1..4"):
+        majority_vote(t, min_agree=5)
+    with pytest.raises(ValueError, match="no observer columns"):
+        majority_vote(t[["id"]])
+
+
+def test_by_eye_labels_train_the_artifact_cnn_end_to_end(tmp_path):
+    """The committed by-eye labels (tests/data/README.md) -> vote -> patch folder -> CNN1 -> phh3 label."""
+    from histoscope.phh3 import write_patch_folder
+    from histoscope.train.phh3 import majority_vote, train_candidate_cnn
+
+    img = ihc()
+    labels = pd.read_csv(LABELS)
+    found = dab_candidates(img, slide_mpp=0.5, threshold=0.7)
+    assert np.allclose(found[["x", "y"]].to_numpy(), labels[["x", "y"]].to_numpy(), atol=0.01)  # the labels still match the candidates
+    agreed = majority_vote(labels, min_agree=2)
+    assert len(agreed) == 56 and (agreed["label"] == "artifact").sum() == 12
+    counts = write_patch_folder(img, agreed, tmp_path / "patches", size=80)
+    assert counts == {"artifact": 12, "non-artifact": 44}
+    res = train_candidate_cnn(tmp_path / "patches", task="artifact", size=64, width=0.125, epochs=4, batch_size=16, out_dir=tmp_path / "cnn1", verbose=False)
+    m = res["metrics"]
+    assert m["train"] + m["val"] == 56 and m["val"] == 14 and 0 <= m["val_accuracy"] <= 1
+    assert (tmp_path / "cnn1" / "best.pt").exists()
+    # the label command runs the whole transfer with the trained CNN1 as a filter
+    Image.fromarray(img).save(tmp_path / "phh3.png")
+    Image.fromarray(shifted(img, (2.0, 3.0), seed=5)).save(tmp_path / "he.png")
+    r = CliRunner().invoke(cli, ["phh3", "label", str(tmp_path / "he.png"), str(tmp_path / "phh3.png"), "--slide-mpp", "0.5", "--threshold", "0.7", "--artifact-model", str(tmp_path / "cnn1" / "best.pt"), "--tile", "192", "--out", str(tmp_path / "lab"), "--quiet"])
+    assert r.exit_code in (0, 2), r.output
+    cand = pd.read_csv(tmp_path / "lab" / "candidates.csv")
+    assert len(cand) == 59 and cand["p_artifact"].between(0, 1).all()
+    if r.exit_code == 0:
+        lab = pd.read_csv(tmp_path / "lab" / "labels.csv")
+        assert len(lab) == int((cand["p_artifact"] < 0.5).sum())
+        assert np.allclose(lab["x_fixed"] - lab["x"], -3.0, atol=0.5)

@@ -4,7 +4,7 @@ Sits beside mitosis/ in the data flow: it reads slides, uses the stain module's 
 deconvolution and writes point tables (CSV + GeoJSON) that ``histoscope train mitosis`` users
 can turn into patches."""
 
-from .candidates import DEFAULT_DAB_THRESHOLD, candidate_patches, dab_candidates, write_candidates
+from .candidates import DEFAULT_DAB_THRESHOLD, candidate_patches, dab_candidates, write_candidates, write_patch_folder
 from .registration import GlobalShift, RegistrationError, global_shift, local_shift, register_points, shared_channel
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "register_points",
     "shared_channel",
     "write_candidates",
+    "write_patch_folder",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["dab_candidates", "DEFAULT_DAB_THRESHOLD", "candidate_patches", "write_candidates"]
+__all__ = ["dab_candidates", "DEFAULT_DAB_THRESHOLD", "candidate_patches", "write_candidates", "write_patch_folder"]
 
 #: DAB optical density above which a pixel counts as stained (Ruifrok-Johnston H-DAB vectors).
 DEFAULT_DAB_THRESHOLD = 0.9
@@ -158,3 +158,24 @@ def write_candidates(candidates: pd.DataFrame, out_dir: str | os.PathLike[str], 
     fc = points_feature_collection(candidates, name=name, color=(139, 69, 19), measurements=("area_um2", "mean_dab", "max_dab", "eccentricity", "solidity"))
     write_geojson(fc, out / "candidates.geojson")
     return str(out / "candidates.csv"), str(out / "candidates.geojson")
+
+
+def write_patch_folder(source: Any, table: pd.DataFrame, out_dir: str | os.PathLike[str], *, label_column: str = "label", size: int = 80, slide_mpp: float | None = None) -> dict[str, int]:
+    """Candidate patches as PNG files in one folder per class (``out_dir/<label>/<candidate>.png``):
+    the training input of ``histoscope phh3 train``.  Returns the count per class."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    if label_column not in table.columns:
+        raise ValueError(f"the table has no {label_column!r} column; columns: {list(table.columns)}")
+    patches = candidate_patches(source, table, size=size, slide_mpp=slide_mpp)
+    out = Path(out_dir)
+    counts: dict[str, int] = {}
+    ids = table["candidate"] if "candidate" in table.columns else pd.Series(range(len(table)))
+    for p, lab, cid in zip(patches, table[label_column], ids):
+        d = out / str(lab)
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(p).save(d / f"candidate_{int(cid):05d}.png")
+        counts[str(lab)] = counts.get(str(lab), 0) + 1
+    return counts
