@@ -178,3 +178,17 @@ def test_by_eye_labels_train_the_artifact_cnn_end_to_end(tmp_path):
         lab = pd.read_csv(tmp_path / "lab" / "labels.csv")
         assert len(lab) == int((cand["p_artifact"] < 0.5).sum())
         assert np.allclose(lab["x_fixed"] - lab["x"], -3.0, atol=0.5)
+
+
+def test_local_shift_recovers_a_local_displacement_beyond_the_global_one():
+    img = ihc()
+    g_true, extra = np.array([4.0, -6.0]), np.array([2.6, -3.2])
+    mov = shifted(img, tuple(g_true), stain=0, noise=2)
+    local = shifted(img, tuple(g_true + extra), stain=0, noise=2)
+    y0, x0 = 180, 220  # a 200 px region of the moving image moved further (tissue deformation)
+    mov[y0 : y0 + 200, x0 : x0 + 200] = local[y0 : y0 + 200, x0 : x0 + 200]
+    g = global_shift(img, mov, tile=192)
+    assert np.hypot(*(g.shift - g_true)) < 1.0  # most tiles are outside the region
+    at = (y0 + 100.0, x0 + 100.0)
+    assert np.hypot(*(local_shift(img, mov, at, prior=g_true, size=128) - (g_true + extra))) < 1.0
+    assert np.hypot(*(local_shift(img, mov, (60.0, 60.0), prior=g_true, size=96) - g_true)) < 1.0

@@ -60,9 +60,8 @@ def dab_candidates(
         The PHH3 image or slide.
     mpp : float, optional
         Resolution to analyse at (default: level 0).  Physical sizes need a known resolution:
-        ``slide_mpp`` sets it for files that do not record it; without any, pixel units with
-        an assumed 0.5 um/px are used for the size limits (and said in a warning column-free way:
-        ``area_um2`` is NaN).
+        ``slide_mpp`` sets it for files that do not record it; without any, the size limits
+        assume 0.5 um/px and ``area_um2`` is NaN (``histoscope phh3 candidates`` warns).
     threshold : float
         DAB optical density of a stained pixel (after Gaussian smoothing of ``sigma_um``).
     min_area_um2, max_area_um2 : float
