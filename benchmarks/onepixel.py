@@ -40,7 +40,8 @@ from histoscope.datasets.mitosis import audit_patches, mitosis_samples
 from histoscope.robustness import DEConfig, TorchTarget, as_target, attack_images, one_pixel_attack
 from histoscope.robustness.analysis import map_parity, periodicity_table
 from histoscope.robustness.confidence import PAPER_COLOUR_STEP, confidence_maps
-from histoscope.robustness.scoring import colour_grid, image_tensor
+from histoscope.robustness.scoring import colour_grid
+from histoscope.utils.convert import image_to_tensor
 from histoscope.utils.seed import seed_everything
 
 
@@ -68,7 +69,7 @@ def peers(model_name: str, images: list[np.ndarray], generations: int, seed: int
 
     target = as_target(model_name)
     model = target.module
-    x = torch.cat([image_tensor(im) for im in images])
+    x = image_to_tensor(np.stack(images))
     labels = torch.ones(len(images), dtype=torch.long)
     rows = []
     # histoscope, both scoring modes
@@ -179,7 +180,7 @@ def main() -> None:
     results: dict = {}
     if args.part in ("all", "peers"):
         target = as_target("mitosis_detector")
-        pos = [im for im, lab in zip(images, labels) if lab == 1 and float(target(image_tensor(im))[0, 1]) >= 0.5][: args.peer_images]
+        pos = [im for im, lab in zip(images, labels) if lab == 1 and float(target(image_to_tensor(im)[None])[0, 1]) >= 0.5][: args.peer_images]
         for model in ("mitosis_detector", "mitosis_detector_stride2"):
             df = peers(model, pos, args.peer_generations, args.seed)
             df.insert(0, "model", model)

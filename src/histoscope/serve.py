@@ -24,9 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
-import torch
 
 from .robustness.target import Target, as_target
+from .utils.convert import image_to_tensor
 
 __all__ = ["make_server", "serve_in_thread", "MAX_BODY_BYTES"]
 
@@ -78,7 +78,7 @@ def _handler(target: Target, lock: threading.Lock) -> type[BaseHTTPRequestHandle
                 self._send(400, {"error": f"expected (N, H, W, 3) uint8 images, got {arr.shape} {arr.dtype}"})
                 return
             try:
-                x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(255).to(target.device)
+                x = image_to_tensor(arr).to(target.device)
                 with lock:  # one model call at a time; requests queue
                     p = target(x).cpu().numpy()
             except ValueError as exc:

@@ -60,7 +60,7 @@ def one_pixel(images, model, url, mitosis_data, per_class, direction, cls, crite
     IMAGES are RGB image files (centre-cropped to the model's input size). Writes OUT/report.html,
     OUT/attacks.csv (every attack), OUT/maps/*.npz (confidence maps) and the figures.
     """
-    from ..report.audit import write_audit_report
+    from ..report.audit import safe_filename, write_audit_report
     from ..robustness import Criterion, DEConfig, as_target, attack_images
     from ..robustness.confidence import confidence_maps
     from ..robustness.scoring import colour_grid
@@ -105,9 +105,9 @@ def one_pixel(images, model, url, mitosis_data, per_class, direction, cls, crite
             if lab is not None:
                 todo = ["decrease" if lab == 1 else "increase"]
             else:
-                from ..robustness.scoring import image_tensor
+                from ..utils.convert import image_to_tensor
 
-                p = target(image_tensor(img, target.device))[0]
+                p = target(image_to_tensor(img)[None].to(target.device))[0]
                 todo = ["decrease" if int(p.argmax()) == (c if c is not None else p.shape[0] - 1) else "increase"]
         else:
             todo = [direction]
@@ -137,8 +137,7 @@ def one_pixel(images, model, url, mitosis_data, per_class, direction, cls, crite
     cset = colour_grid(colour_step)
     for i in chosen:
         m = confidence_maps(target, expanded_imgs[i], colours=cset, class_index=c, mode=mode, checkpoint=outp / "maps" / f"checkpoint_{i}.npz", verbose=not quiet)
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in expanded_names[i])
-        m.save(outp / "maps" / f"{i:03d}_{safe}_{dirs[i]}.npz")
+        m.save(outp / "maps" / f"{i:03d}_{safe_filename(expanded_names[i])}_{dirs[i]}.npz")
         (outp / "maps" / f"checkpoint_{i}.npz").unlink(missing_ok=True)
         map_items.append((f"{expanded_names[i]} ({dirs[i]})", expanded_imgs[i], m, table.loc[i].to_dict()))
     t_maps = time.perf_counter() - t2

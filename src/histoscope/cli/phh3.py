@@ -47,14 +47,15 @@ def candidates_cmd(image, threshold, min_area, max_area, mpp, slide_mpp, out, qu
     click.echo(f"{len(c)} candidates -> {csv}, {gj}, {Path(out) / 'overlay.png'}")
 
 
-def _read_rgb(path: str) -> np.ndarray:
+def _read_rgb(path: str, slide_mpp: float | None = None) -> tuple[np.ndarray, float | None]:
+    """The whole image in memory and its level-0 microns per pixel (None if unknown)."""
     from ..slide import open_slide
 
-    with open_slide(path) as s:
+    with open_slide(path, mpp=slide_mpp) as s:
         w, h = s.dimensions
         if w * h > 60_000_000:
             raise click.BadParameter(f"{path}: {w} x {h} px is too large to register in memory; export the region of interest first", param_hint="images")
-        return s.read_region((0, 0), (w, h), level=0)
+        return s.read_region((0, 0), (w, h), level=0), (s.mpp[0] if s.mpp else None)
 
 
 @phh3.command("register")
@@ -73,13 +74,13 @@ def register_cmd(he, phh3_image, cand_path, pairs, tile, local_size, max_local_s
     coordinates (labels.csv, labels.geojson: mitosis training labels), shifts, overlay.png."""
     from ..phh3 import dab_candidates
 
-    fixed, moving = _read_rgb(he), _read_rgb(phh3_image)
+    (fixed, _), (moving, mpp) = _read_rgb(he), _read_rgb(phh3_image)
     if cand_path:
         cands = pd.read_csv(cand_path)
         if not {"x", "y"} <= set(cands.columns):
             raise click.BadParameter(f"{cand_path}: needs x and y columns", param_hint="--candidates")
     else:
-        cands = dab_candidates(moving)
+        cands = dab_candidates(moving, slide_mpp=mpp)
     _register_and_write(he, phh3_image, fixed, moving, cands, pairs=pairs, tile=tile, local_size=local_size, max_local_shift=max_local_shift, out=out, seed=seed)
 
 
@@ -153,11 +154,10 @@ def label_cmd(he, phh3_image, artifact_model, mitosis_model, threshold, slide_mp
 
     from ..phh3 import dab_candidates, write_candidates
     from ..phh3.candidates import candidate_patches
-    from ..slide import open_slide
+    from ..utils.convert import image_to_tensor
 
-    fixed, moving = _read_rgb(he), _read_rgb(phh3_image)
-    with open_slide(phh3_image, mpp=slide_mpp) as s:
-        cands = dab_candidates(s, threshold=threshold, verbose=not quiet)
+    (fixed, _), (moving, mpp) = _read_rgb(he), _read_rgb(phh3_image, slide_mpp)
+    cands = dab_candidates(moving, slide_mpp=mpp, threshold=threshold, verbose=not quiet)
     keep = np.ones(len(cands), bool)
     for opt, path, col, want in (("--artifact-model", artifact_model, "p_artifact", False), ("--mitosis-model", mitosis_model, "p_mitosis", True)):
         if path is None or cands.empty:
@@ -169,7 +169,7 @@ def label_cmd(he, phh3_image, artifact_model, mitosis_model, threshold, slide_mp
         except (ValueError, FileNotFoundError) as exc:
             raise click.BadParameter(str(exc), param_hint=opt) from None
         size = model.config.input_size
-        x = torch.from_numpy(candidate_patches(moving, cands, size=size)).permute(0, 3, 1, 2).float() / 255
+        x = image_to_tensor(candidate_patches(moving, cands, size=size))
         with torch.no_grad():
             p = torch.softmax(model(x), 1)[:, 1].numpy()
         cands[col] = p

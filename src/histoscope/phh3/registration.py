@@ -24,6 +24,10 @@ import pandas as pd
 __all__ = ["shared_channel", "global_shift", "local_shift", "register_points", "GlobalShift", "RegistrationError"]
 
 
+#: Largest ratio of the two images' sides: a restained pair is one section at one resolution.
+MAX_SIZE_RATIO = 1.5
+
+
 class RegistrationError(ValueError):
     """The images cannot be registered as asked (names the image and the problem)."""
 
@@ -80,7 +84,7 @@ def global_shift(
     max_shift: float | None = None,
     upsample: int = 20,
     seed: int = 0,
-    max_size_ratio: float = 1.5,
+    max_size_ratio: float = MAX_SIZE_RATIO,
 ) -> GlobalShift:
     """Shift of ``moving`` onto ``fixed`` from ``n_pairs`` random tile pairs (median).
 
@@ -89,7 +93,10 @@ def global_shift(
     tile) is the search window: a larger shift raises :class:`RegistrationError`.
     """
     _pair_check(fixed, moving, max_size_ratio)
-    f, m = shared_channel(fixed, name="fixed"), shared_channel(moving, name="moving")
+    return _global(shared_channel(fixed, name="fixed"), shared_channel(moving, name="moving"), n_pairs, tile, max_shift, upsample, seed)
+
+
+def _global(f: np.ndarray, m: np.ndarray, n_pairs: int, tile: int, max_shift: float | None, upsample: int, seed: int) -> GlobalShift:
     h, w = min(f.shape[0], m.shape[0]), min(f.shape[1], m.shape[1])
     t = min(tile, h, w)
     if t < 32:
@@ -97,8 +104,8 @@ def global_shift(
     limit = max_shift if max_shift is not None else t / 4
     rng = np.random.default_rng(seed)
     # candidate origins on a grid, weighted by stain so that blank background is not used
-    ys = np.arange(0, h - t + 1, max(1, (h - t) // 16) or 1)
-    xs = np.arange(0, w - t + 1, max(1, (w - t) // 16) or 1)
+    ys = np.arange(0, h - t + 1, max(1, (h - t) // 16))
+    xs = np.arange(0, w - t + 1, max(1, (w - t) // 16))
     origins = np.array([(y, x) for y in ys for x in xs])
     energy = np.array([np.abs(f[y : y + t, x : x + t]).mean() for y, x in origins])
     pool = origins[energy >= np.median(energy)] if len(origins) > 1 else origins
@@ -161,8 +168,9 @@ def register_points(
     Adds ``x_fixed``, ``y_fixed``, ``dx_global``, ``dy_global``, ``dx_local``, ``dy_local`` and
     ``local_ok`` (False where the local refinement left its window: the global shift is used).
     """
-    g = global_shift(fixed, moving, n_pairs=n_pairs, tile=tile, seed=seed)
+    _pair_check(fixed, moving, MAX_SIZE_RATIO)
     f, m = shared_channel(fixed, name="fixed"), shared_channel(moving, name="moving")
+    g = _global(f, m, n_pairs, tile, None, 20, seed)
     size = min(local_size, f.shape[0], f.shape[1])
     rows = []
     for x, y in zip(points["x"].to_numpy(float), points["y"].to_numpy(float)):

@@ -15,9 +15,14 @@ from ..robustness.analysis import chromatic_rmse, map_parity, periodicity_table,
 from ..robustness.confidence import ConfidenceMaps
 from .html import write_report
 
-__all__ = ["plot_chromatic", "plot_position_heatmaps", "plot_confidence_maps", "write_audit_report"]
+__all__ = ["plot_chromatic", "plot_position_heatmaps", "plot_confidence_maps", "write_audit_report", "safe_filename"]
 
 _DIR_LABEL = {"decrease": "lower the score (e.g. mitosis-to-normal)", "increase": "raise the score (e.g. normal-to-mitosis)", "untargeted": "untargeted", "targeted": "targeted"}
+
+
+def safe_filename(name: str) -> str:
+    """``name`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def _fig(figsize: tuple[float, float]) -> Any:
@@ -27,14 +32,14 @@ def _fig(figsize: tuple[float, float]) -> Any:
 
 
 def _png(fig: Any, path: str | os.PathLike[str] | None, dpi: int = 110) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    data = buf.getvalue()
+    """The figure as PNG bytes (rendered once), also written to ``path`` when given."""
     if path is not None:
         from ..utils.figures import save_figure
 
-        save_figure(fig, path, dpi=dpi)
-    return data
+        return save_figure(fig, path, dpi=dpi).read_bytes()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def plot_chromatic(attacks: pd.DataFrame, path: str | os.PathLike[str] | None = None) -> bytes:
@@ -130,7 +135,7 @@ def write_audit_report(
     ]
     gallery = []
     for name, img, m, atk in maps:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        safe = safe_filename(name)
         verdict = "" if atk is None else (" — attack succeeded" if atk.get("success") else " — attack failed")
         gallery.append((f"{name}{verdict}; red circle: the DE attack's best pixel", plot_confidence_maps(img, m, attack=atk, title=name, path=out / f"confidence_{safe}.png")))
 

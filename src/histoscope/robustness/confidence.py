@@ -122,7 +122,9 @@ def confidence_maps(
 
     sc = scorer if scorer is not None else PixelScorer(target, image, mode=mode, batch_size=batch_size)
     h, w = sc.height, sc.width
-    cset = colour_grid(DEFAULT_COLOUR_STEP if colours is None else colours) if colours is None or np.isscalar(colours) else as_colours(colours)
+    if colours is None:
+        colours = DEFAULT_COLOUR_STEP
+    cset = colour_grid(int(colours)) if np.isscalar(colours) else as_colours(colours)
     c = len(target.classes) - 1 if class_index is None else target.class_index(class_index)
     plist = _pixel_list(pixels, h, w)
     dev = sc.device

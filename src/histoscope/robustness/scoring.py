@@ -29,21 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.convert import image_to_tensor
 from .target import Target, TorchTarget
 
-__all__ = ["PixelScorer", "chain_layers", "image_tensor", "Mode"]
+__all__ = ["PixelScorer", "chain_layers", "Mode"]
 
 Mode = Literal["auto", "plain", "incremental"]
 
 _POINTWISE = (nn.BatchNorm2d, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Dropout2d, nn.Identity)
-
-
-def image_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """An ``(H, W, 3)`` uint8 RGB image as a ``(1, 3, H, W)`` float tensor in [0, 1]."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float().div_(255)
 
 
 def chain_layers(module: nn.Module) -> list[nn.Module] | None:
@@ -169,7 +162,7 @@ class PixelScorer:
         self.target = target
         self.device = target.device
         self.image = np.ascontiguousarray(image)
-        self.base = image_tensor(self.image, self.device)
+        self.base = image_to_tensor(self.image)[None].to(self.device)
         self.height, self.width = self.image.shape[:2]
         self.batch_size = int(batch_size)
         layers = chain_layers(target.module) if isinstance(target, TorchTarget) and target.outputs == "logits" else None

@@ -27,14 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.convert import tensor_to_image
+
 __all__ = ["Target", "TorchTarget", "CallableTarget", "HTTPTarget", "as_target", "NPY_CONTENT_TYPE"]
 
 #: Content type of the ``.npy`` request body of the HTTP protocol.
 NPY_CONTENT_TYPE = "application/x-npy"
-
-
-def _to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _check_probs(p: np.ndarray, n: int, where: str) -> np.ndarray:
@@ -141,7 +139,7 @@ class CallableTarget(Target):
         self.name = name or getattr(fn, "__name__", "callable")
 
     def _predict(self, images: torch.Tensor) -> torch.Tensor:
-        p = _check_probs(self.fn(_to_uint8_nhwc(images)), images.shape[0], self.name)
+        p = _check_probs(self.fn(tensor_to_image(images)), images.shape[0], self.name)
         if not self.classes:
             self.classes = [str(i) for i in range(p.shape[1])]
         return torch.from_numpy(p).to(images.device)
@@ -190,7 +188,7 @@ class HTTPTarget(Target):
         return _check_probs(np.asarray(answer["probabilities"]), batch.shape[0], f"{self.url}/predict")
 
     def _predict(self, images: torch.Tensor) -> torch.Tensor:
-        arr = _to_uint8_nhwc(images)
+        arr = tensor_to_image(images)
         p = np.concatenate([self._post(arr[i : i + self.batch_size]) for i in range(0, len(arr), self.batch_size)])
         if not self.classes:
             self.classes = [str(i) for i in range(p.shape[1])]
