@@ -1,11 +1,15 @@
 """The main job: analyse a slide end to end and write a report folder.
 
-At this stage a slide's analysis is: metadata, thumbnail, tissue mask, tile grid over the
-tissue, overlays, timings, and a self-contained ``report.html``. Later stages (tissue
-classes, mitoses, hotspot, grade, compression) add their results to the same folder.
+Per slide: metadata, thumbnail, tissue mask, tile grid over the tissue, a tissue-class map
+(bundled tissue classifier; CSV, zarr maps and QuPath GeoJSON), mitosis detections with the
+2 mm^2 hotspot, grade and count per 10 HPF (bundled detector; CSV and QuPath GeoJSON),
+timings and peak memory per stage, the model cards and software versions used, and a
+self-contained ``report.html``.
 
 A report folder is written under a temporary name and renamed when complete, so an
-interrupted run never leaves a folder that looks finished.
+interrupted run never leaves a folder that looks finished; ``summary.json`` inside it records
+the configuration and the slide file's size and modification time, and a cohort rerun skips
+slides whose folder is complete for the same configuration and file.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,16 +67,43 @@ class AnalysisConfig:
 
 
 class _Timer:
-    def __init__(self) -> None:
+    """Seconds and peak resident memory (sampled every ``interval`` s by a thread) per stage."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        import psutil
+
         self.stages: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
+        self._proc = psutil.Process()
+        self._peak = 0
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def __enter__(self) -> "_Timer":
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
     @contextmanager
     def stage(self, name: str):
+        self._peak = self._proc.memory_info().rss
         t0 = time.perf_counter()
         try:
             yield
         finally:
             self.stages[name] = time.perf_counter() - t0
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+            self.peak_mb[name] = self._peak / 2**20
 
 
 def _histogram_png(values: np.ndarray, threshold: float) -> bytes:
@@ -121,7 +153,7 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
 
     from .mitosis.detect import detect_mitoses
     from .models.pretrained import load_pretrained
-    from .report import draw_detections, points_feature_collection, write_geojson
+    from .report import circle_feature, draw_detections, points_feature_collection, write_geojson
 
     with timer.stage("mitosis detection"):
         model = load_pretrained(config.mitosis_model)
@@ -135,11 +167,17 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
             det = det.assign(p_atypical=_atypical_probabilities(slide, det, load_pretrained(ATYPICAL_MODEL)))
             atypical_share = float((det["p_atypical"] >= 0.5).mean())
     det.to_csv(work / "detections.csv", index=False)
-    write_geojson(points_feature_collection(det, name="Mitosis", measurements=[c for c in ("prob", "p_atypical") if c in det]), work / "detections.geojson")
     h = res.hotspot
+    collection = points_feature_collection(det, name="Mitosis", measurements=[c for c in ("prob", "p_atypical") if c in det])
+    if h is not None:
+        from .mitosis.hotspot import HOTSPOT_AREA_MM2
+
+        collection["features"].insert(0, circle_feature(h.centre_xy, h.radius_px, name="Mitotic hotspot", measurements={"hotspot_count": h.count, "max_count": h.max_count, "area_mm2": HOTSPOT_AREA_MM2}))
+    write_geojson(collection, work / "detections.geojson")
     img = draw_detections(thumb, det, slide_dimensions=slide.dimensions, hotspot_xy=None if h is None else h.centre_xy, hotspot_radius_px=None if h is None else h.radius_px, ring_level0_px=8.0 / slide.mpp[0])
     Image.fromarray(img).save(work / "mitoses.png")
     s = res.summary()
+    s["atypical_share"] = atypical_share
     if "histoscope synthetic" in str(slide.properties.get("tiff.ImageDescription", "")):
         warnings.append(
             "This is a synthetic slide: its drawn nuclei are not real tissue, and the mitosis detector (trained on real "
@@ -173,6 +211,93 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
     return ("Mitoses", rows, ["measure", "value"]), fig, s
 
 
+def _class_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config: AnalysisConfig, timer: _Timer, warnings: list[str], verbose: bool) -> tuple[Any, Any, dict[str, float]]:
+    """Tissue classes: tile table, class/probability maps (zarr), QuPath GeoJSON, a figure and a report section."""
+    from PIL import Image
+
+    from .infer import class_fractions, classify_tiles
+    from .models.pretrained import load_pretrained
+    from .report import CLASS_COLOUR_NAMES, CLASS_COLOURS, draw_class_map, tiles_feature_collection, write_geojson
+
+    with timer.stage("tissue classes"):
+        model = load_pretrained(config.tissue_model)
+        held_out = (model.card.get("test_metrics") or {}).get("image_mean", {}).get("accuracy")
+        if held_out is None or held_out < 0.5:
+            acc = "not measured" if held_out is None else f"{held_out:.2f}"
+            warnings.append(
+                f"The tissue model {config.tissue_model!r} is experimental: its image-level accuracy on "
+                f"held-out patients is {acc} (see its model card). Do not read the class map as a grading."
+            )
+        classes = list(model.config.classes)
+        ctab = classify_tiles(slide, model, tissue=mask, min_tissue=config.min_tissue, verbose=verbose)
+    with timer.stage("class maps"):
+        save_tile_table(ctab, work / "tissue-classes.csv")
+        write_class_maps(ctab, classes, work / "tissue-classes.zarr", attrs={"model": config.tissue_model, "slide": slide.path, "mpp": model.config.mpp, "slide_dimensions": list(slide.dimensions)})
+        write_geojson(tiles_feature_collection(ctab, classes, colours=CLASS_COLOURS), work / "tissue-classes.geojson")
+        class_img = draw_class_map(thumb, ctab, slide_dimensions=slide.dimensions, classes=classes)
+        Image.fromarray(class_img).save(work / "tissue-classes.png")
+    fr = class_fractions(ctab, classes)
+    legend = "; ".join(f"{c} = {CLASS_COLOUR_NAMES[i % len(CLASS_COLOUR_NAMES)]}" for i, c in enumerate(classes))
+    fig = (f"Tissue classes ({config.tissue_model}, {len(ctab)} tiles of {model.config.input_size} px at {model.config.mpp} um/px): {legend}", class_img)
+    section = (
+        f"Tissue classes ({config.tissue_model})",
+        [(r["class"], r["tiles"], f"{r['fraction']:.1%}", f"{r['mean_probability']:.3f}") for r in fr.to_dict("records")],
+        ["class", "tiles", "share of tiles", "mean probability"],
+    )
+    return section, fig, {r["class"]: r["fraction"] for r in fr.to_dict("records")}
+
+
+def write_class_maps(table: Any, classes: list[str], path: str | os.PathLike[str], *, attrs: dict[str, Any] | None = None) -> Path:
+    """A classified tile table as zarr maps on the tile grid, written atomically.
+
+    The group holds ``class`` (rows x cols int16, the predicted class index, -1 where no
+    tile was classified) and ``probability`` (rows x cols x classes float32, NaN there);
+    its attributes give the classes, their colours, the level-0 ``origin`` and ``stride``
+    of the grid (cell ``[r, c]`` covers level-0 ``x = origin_x + c * stride``) and the tile
+    footprint, so that a map cell can be traced back to the slide.
+    """
+    import zarr
+
+    from .report import CLASS_COLOURS
+
+    path = Path(path)
+    probs = table[[f"prob_{c}" for c in classes]].to_numpy(np.float32)
+    if len(table):
+        stride = int(table["w0"].iloc[0])
+        ox, oy = int(table["x"].min()) % stride, int(table["y"].min()) % stride
+        col = np.rint((table["x"].to_numpy() - ox) / stride).astype(int)
+        row = np.rint((table["y"].to_numpy() - oy) / stride).astype(int)
+        shape = (int(row.max()) + 1, int(col.max()) + 1)
+    else:
+        stride, ox, oy, shape = 1, 0, 0, (0, 0)
+        row = col = np.zeros(0, int)
+    cls = np.full(shape, -1, np.int16)
+    prob = np.full((*shape, len(classes)), np.nan, np.float32)
+    cls[row, col] = table["pred"].to_numpy(np.int16) if len(table) else cls[row, col]
+    prob[row, col] = probs
+    tmp = path.with_name(f".{path.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    g = zarr.open_group(str(tmp), mode="w")
+    chunk = (min(max(shape[0], 1), 512), min(max(shape[1], 1), 512))
+    g.create_array("class", shape=shape, chunks=chunk, dtype="int16", fill_value=-1)[...] = cls
+    g.create_array("probability", shape=prob.shape, chunks=(*chunk, max(len(classes), 1)), dtype="float32", fill_value=float("nan"))[...] = prob
+    g.attrs.update(
+        {
+            "classes": list(classes),
+            "colours": [list(CLASS_COLOURS[i % len(CLASS_COLOURS)]) for i in range(len(classes))],
+            "origin": [ox, oy],
+            "stride": stride,
+            "tile_level0": stride,
+            **(attrs or {}),
+        }
+    )
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
 def analyze_slide(
     source: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -193,11 +318,44 @@ def analyze_slide(
     HistoscopeError
         The slide cannot be read; nothing is left in ``out_dir`` for it.
     """
+    config = config or AnalysisConfig()
+    with _Timer() as timer:
+        return _analyze_slide(source, Path(out_dir), config, timer, verbose)
+
+
+def _versions() -> dict[str, str]:
+    """Versions of histoscope, Python and the libraries whose numbers a report depends on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"histoscope": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "torchvision", "numpy", "scipy", "scikit-image", "openslide-python", "tifffile", "zarr", "pandas", "dask"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    try:
+        import openslide
+
+        out["OpenSlide library"] = openslide.__library_version__
+    except Exception:  # noqa: BLE001 - the library is optional for non-OpenSlide files
+        out["OpenSlide library"] = "not available"
+    import torch
+
+    out["torch threads"] = str(torch.get_num_threads())
+    return out
+
+
+def source_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Size and modification time of a slide file: a rerun redoes a slide whose file changed."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _analyze_slide(source: str | os.PathLike[str], out_dir: Path, config: AnalysisConfig, timer: _Timer, verbose: bool) -> dict[str, Any]:
+    from .models.pretrained import pretrained_card, render_card
     from .report import draw_tiles, overlay_mask, write_report
 
-    config = config or AnalysisConfig()
-    timer = _Timer()
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
     with timer.stage("open"):
@@ -236,44 +394,18 @@ def analyze_slide(
                 Image.fromarray(tissue_img).save(work / "tissue-overlay.png")
                 Image.fromarray(grid_img).save(work / "tile-grid.png")
                 Image.fromarray(mask.to_image()).save(work / "tissue-mask.png")
-            class_section = None
-            class_fig = None
+            class_section = class_fig = None
+            models_used: list[str] = []
             if config.tissue_model:
-                from .models.pretrained import list_pretrained, load_pretrained
+                from .models.pretrained import list_pretrained
 
                 if config.tissue_model not in list_pretrained():
                     warnings.append(f"tissue model {config.tissue_model!r} is not bundled ({list_pretrained()}); no class map")
                 elif slide.mpp is None:
                     warnings.append("no tissue-class map: the tissue model needs the slide's resolution (--slide-mpp)")
                 else:
-                    from .infer import class_fractions, classify_tiles
-                    from .report import CLASS_COLOUR_NAMES, draw_class_map
-
-                    with timer.stage("tissue classes"):
-                        model = load_pretrained(config.tissue_model)
-                        held_out = (model.card.get("test_metrics") or {}).get("image_mean", {}).get("accuracy")
-                        if held_out is None or held_out < 0.5:
-                            acc = "not measured" if held_out is None else f"{held_out:.2f}"
-                            warnings.append(
-                                f"The tissue model {config.tissue_model!r} is experimental: its image-level accuracy on "
-                                f"held-out patients is {acc} (see its model card). Do not read the class map as a grading."
-                            )
-                        classes_ = list(model.config.classes)
-                        ctab = classify_tiles(slide, model, tissue=mask, min_tissue=config.min_tissue, verbose=verbose)
-                        save_tile_table(ctab, work / "tissue-classes.csv")
-                        class_img = draw_class_map(thumb, ctab, slide_dimensions=slide.dimensions, classes=classes_)
-                        from PIL import Image
-
-                        Image.fromarray(class_img).save(work / "tissue-classes.png")
-                        fr = class_fractions(ctab, classes_)
-                        legend = "; ".join(f"{c} = {CLASS_COLOUR_NAMES[i % len(CLASS_COLOUR_NAMES)]}" for i, c in enumerate(classes_))
-                        class_fig = (f"Tissue classes ({config.tissue_model}, {len(ctab)} tiles of {model.config.input_size} px at {model.config.mpp} um/px): {legend}", class_img)
-                        class_section = (
-                            f"Tissue classes ({config.tissue_model})",
-                            [(r["class"], r["tiles"], f"{r['fraction']:.1%}", f"{r['mean_probability']:.3f}") for r in fr.to_dict("records")],
-                            ["class", "tiles", "share of tiles", "mean probability"],
-                        )
-                        summary_classes = {r["class"]: r["fraction"] for r in fr.to_dict("records")}
+                    class_section, class_fig, summary_classes = _class_stage(slide, mask, thumb, work, config, timer, warnings, verbose)
+                    models_used.append(config.tissue_model)
             mitosis_section = mitosis_fig = None
             if config.mitosis_model:
                 from .models.pretrained import list_pretrained
@@ -289,6 +421,7 @@ def analyze_slide(
                     )
                 else:
                     mitosis_section, mitosis_fig, summary_mitosis = _mitosis_stage(slide, mask, thumb, work, config, timer, warnings, verbose)
+                    models_used += [config.mitosis_model, *([ATYPICAL_MODEL] if summary_mitosis.get("atypical_share") is not None else [])]
             info = slide.info()
             mpp = slide.mpp
             tissue_mm2 = (
@@ -296,8 +429,11 @@ def analyze_slide(
             )
             summary: dict[str, Any] = {
                 "slide": info,
+                "source": source_fingerprint(source) if isinstance(source, (str, os.PathLike)) and os.path.isfile(source) else None,
                 "histoscope_version": __version__,
-                "config": config.__dict__,
+                "versions": _versions(),
+                "models": models_used,
+                "config": dict(config.__dict__),
                 "tissue_fraction": mask.fraction,
                 "tissue_area_mm2": tissue_mm2,
                 "tissue_mask_mpp": mask.mpp,
@@ -332,8 +468,9 @@ def analyze_slide(
                     "tissue area": "unknown" if tissue_mm2 is None else f"{tissue_mm2:.2f} mm²",
                     "tissue mask resolution": "unknown" if mask.mpp is None else f"{mask.mpp:.3g} um/px",
                 }
-                timings = [(k, f"{v:.2f} s") for k, v in timer.stages.items() if k != "report"]
-                timings.append(("total (before the report)", f"{sum(timer.stages.values()):.2f} s"))
+                timings = [(k, f"{v:.2f} s", f"{timer.peak_mb[k]:,.0f} MB") for k, v in timer.stages.items() if k != "report"]
+                timings.append(("total (before the report)", f"{sum(timer.stages.values()):.2f} s", f"{max(timer.peak_mb.values()):,.0f} MB"))
+                cards = [(f"{name}: model card", render_card(pretrained_card(name))) for name in models_used]
                 write_report(
                     work / "report.html",
                     title=f"histoscope report — {slide.name}",
@@ -352,10 +489,13 @@ def analyze_slide(
                         ("Tiles", tiles_rows, None),
                         *([class_section] if class_section else []),
                         *([mitosis_section] if mitosis_section else []),
-                        ("Timings", timings, ["stage", "time"]),
+                        ("Timings and peak memory", timings, ["stage", "time", "peak resident memory"]),
+                        ("Software", summary["versions"], None),
                     ],
+                    details=[("Models used", cards)] if cards else (),
                 )
             summary["timings_s"] = dict(timer.stages)
+            summary["peak_memory_mb"] = dict(timer.peak_mb)
             summary["report"] = str(final / "report.html")
             (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
             if final.exists():
@@ -368,6 +508,30 @@ def analyze_slide(
     return summary
 
 
+def completed_summary(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], config: AnalysisConfig) -> dict[str, Any] | None:
+    """The summary of a finished analysis of ``source`` in ``out_dir`` with ``config``, or None.
+
+    A slide's folder counts as finished when it exists under its final name (folders are
+    renamed only once complete), holds ``summary.json`` and ``report.html``, and the summary
+    records the same configuration, histoscope version and slide file (path, size and
+    modification time). Anything else means the slide is analysed again.
+    """
+    from .slide.base import slide_name
+
+    folder = Path(out_dir) / slide_name(source)
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not (folder / "report.html").is_file() or summary.get("histoscope_version") != __version__:
+        return None
+    if summary.get("config") != json.loads(json.dumps(config.__dict__)):
+        return None
+    if not os.path.isfile(source) or summary.get("source") != source_fingerprint(source):
+        return None
+    return summary
+
+
 def analyze_slides(
     sources: list[str],
     out_dir: str | os.PathLike[str],
@@ -376,17 +540,45 @@ def analyze_slides(
     workers: int | None = None,
     scheduler: str | None = None,
     verbose: bool = True,
+    force: bool = False,
 ):
     """Analyse several slides as parallel Dask jobs; a failing slide does not stop the others.
 
-    Returns the list of :class:`~histoscope.distributed.JobResult` and writes the cohort
-    table ``<out_dir>/cohort.csv``.
-    """
-    from .distributed import run_jobs
+    Slides whose report folder is already complete for this configuration and file (see
+    :func:`completed_summary`) are skipped unless ``force``: an interrupted cohort run
+    resumes where it stopped. Returns the list of
+    :class:`~histoscope.distributed.JobResult` (in the order of ``sources``; a skipped
+    slide's result has ``value["skipped"] = True``) and writes the cohort table
+    ``<out_dir>/cohort.csv`` and ``cohort.html``.
 
-    results = run_jobs(
-        _analyze_job, sources, workers=workers, scheduler=scheduler, verbose=verbose, out_dir=str(out_dir), config=config
-    )
+    Raises
+    ------
+    HistoscopeError
+        Two slides would write the same report folder (same file name in different folders).
+    """
+    from .distributed import JobResult, run_jobs
+    from .exceptions import HistoscopeError
+    from .slide.base import slide_name
+
+    config = config or AnalysisConfig()
+    seen: dict[str, str] = {}
+    for src in sources:
+        name = slide_name(src)
+        if name in seen and os.path.abspath(seen[name]) != os.path.abspath(src):
+            raise HistoscopeError(f"{src} and {seen[name]} would both write {Path(out_dir) / name}: rename one, or analyse them into different --out folders")
+        seen[name] = src
+    sources = list(dict.fromkeys(sources))
+    done: dict[int, JobResult] = {}
+    if not force:
+        for i, src in enumerate(sources):
+            summary = completed_summary(src, out_dir, config)
+            if summary is not None:
+                done[i] = JobResult(src, True, value={**summary, "skipped": True})
+    if done and verbose:
+        log.warning("%d of %d slide(s) already analysed with this configuration: skipped (use --force to redo them)", len(done), len(sources))
+    todo = [src for i, src in enumerate(sources) if i not in done]
+    ran = iter(run_jobs(_analyze_job, todo, workers=workers, scheduler=scheduler, verbose=verbose, out_dir=str(out_dir), config=config))
+    results = [done[i] if i in done else next(ran) for i in range(len(sources))]
     write_cohort_table(results, Path(out_dir) / "cohort.csv")
     return results
 
@@ -395,31 +587,72 @@ def _analyze_job(source: str, *, out_dir: str, config: AnalysisConfig | None) ->
     return analyze_slide(source, out_dir, config=config, verbose=False)
 
 
+#: Columns of the cohort table, in order.
+COHORT_COLUMNS = [
+    "slide", "name", "status", "seconds", "width", "height", "mpp", "tissue_area_mm2", "tissue_tiles",
+    "main_class", "main_class_share", "mitoses", "hotspot_count", "grade", "mitoses_per_10hpf",
+    "mitotic_category", "atypical_share", "peak_memory_mb", "warnings", "report", "error",
+]
+
+
+def _cohort_row(r: Any) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(COHORT_COLUMNS)
+    row.update(slide=str(r.item), seconds=round(r.seconds, 3), error="")
+    if not r.ok:
+        row.update(status="failed", error=r.error)
+        return row
+    v = r.value
+    row["status"] = "skipped (complete)" if v.get("skipped") else "ok"
+    if v.get("skipped"):
+        row["seconds"] = round(sum(v.get("timings_s", {}).values()), 3)
+    sl = v["slide"]
+    row.update(
+        name=sl["name"], width=sl["dimensions"][0], height=sl["dimensions"][1],
+        mpp=None if sl["mpp"] is None else sl["mpp"][0],
+        tissue_area_mm2=None if v.get("tissue_area_mm2") is None else round(v["tissue_area_mm2"], 3),
+        tissue_tiles=v["tissue_tiles"], warnings=len(v.get("warnings", [])), report=v["report"],
+        peak_memory_mb=round(max(v["peak_memory_mb"].values()), 1) if v.get("peak_memory_mb") else None,
+    )
+    if v.get("tissue_classes"):
+        main = max(v["tissue_classes"], key=v["tissue_classes"].get)
+        row.update(main_class=main, main_class_share=round(v["tissue_classes"][main], 4))
+    m = v.get("mitosis")
+    if m:
+        row.update(
+            mitoses=m["detections"], hotspot_count=m["hotspot_count"], grade=m["grade"],
+            mitoses_per_10hpf=m["mitoses_per_10hpf"], mitotic_category=m["mitotic_category"],
+            atypical_share=None if m.get("atypical_share") is None else round(m["atypical_share"], 4),
+        )
+    return row
+
+
 def write_cohort_table(results, path: Path) -> Path:
-    """One row per slide: status, tissue, tile counts, timings, error."""
+    """One row per slide (status, tissue, classes, mitoses, grade, time, memory, error) as CSV and HTML.
+
+    Both files are written under temporary names and renamed. The HTML table (``path``
+    with the suffix ``.html``) links every slide's report relative to its own folder.
+    """
     import pandas as pd
 
-    rows = []
-    for r in results:
-        row: dict[str, Any] = {"slide": str(r.item), "status": "ok" if r.ok else "failed", "seconds": round(r.seconds, 3)}
-        if r.ok:
-            v = r.value
-            row.update(
-                name=v["slide"]["name"],
-                width=v["slide"]["dimensions"][0],
-                height=v["slide"]["dimensions"][1],
-                mpp=None if v["slide"]["mpp"] is None else v["slide"]["mpp"][0],
-                tissue_fraction=round(v["tissue_fraction"], 4),
-                tissue_tiles=v["tissue_tiles"],
-                report=v["report"],
-                error="",
-            )
-        else:
-            row["error"] = r.error
-        rows.append(row)
+    from .report import Link, write_report
+
+    path = Path(path)
+    rows = [_cohort_row(r) for r in results]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
+    pd.DataFrame(rows, columns=COHORT_COLUMNS).to_csv(tmp, index=False)
     os.replace(tmp, path)
+    shown = ["name", "status", "seconds", "mpp", "tissue_area_mm2", "main_class", "main_class_share", "mitoses", "hotspot_count", "grade", "mitoses_per_10hpf", "warnings", "peak_memory_mb", "error"]
+    table = []
+    for row in rows:
+        cells: list[Any] = [Link(row["name"] or Path(row["slide"]).name, os.path.relpath(row["report"], path.parent)) if row["report"] else Path(row["slide"]).name]
+        cells += [row[c] for c in shown[1:]]
+        table.append(cells)
+    n_ok = sum(r.ok for r in results)
+    write_report(
+        path.with_suffix(".html"),
+        title="histoscope cohort",
+        subtitle=f"{len(rows)} slide(s): {n_ok} analysed or complete, {len(rows) - n_ok} failed",
+        sections=[("Slides", table, ["slide (report)", *[c.replace("_", " ") for c in shown[1:]]])],
+    )
     return path
-

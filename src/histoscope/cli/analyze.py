@@ -17,16 +17,19 @@ from .options import quiet, report_failures, scheduler, seed, slide_mpp, workers
 @click.option("--tissue-model", default="colorectal_grader", show_default=True, help="Bundled tissue classifier drawn as a class map; 'none' to skip.")
 @click.option("--mitosis-model", default="mitosis_detector", show_default=True, help="Bundled mitosis detector (detections, hotspot, grade); 'none' to skip.")
 @click.option("--mitosis-mode", type=click.Choice(["candidates", "dense"]), default="candidates", show_default=True, help="candidates: the CNN at H&E candidates (fast on a CPU); dense: the paper's fully convolutional map.")
+@click.option("--force", is_flag=True, help="Analyse again slides whose report folder is already complete for these options.")
 @slide_mpp
 @workers
 @scheduler
 @quiet
 @seed
-def analyze(slides, out, tile_size, mpp, overlap, min_tissue, tissue_model, mitosis_model, mitosis_mode, slide_mpp, workers, scheduler, quiet, seed) -> None:
+def analyze(slides, out, tile_size, mpp, overlap, min_tissue, tissue_model, mitosis_model, mitosis_mode, force, slide_mpp, workers, scheduler, quiet, seed) -> None:
     """Analyse slides end to end and write a report folder per slide.
 
     With no SLIDE, analyses the bundled demo slide (a synthetic H&E slide generated on
-    first use) so the whole pipeline can be seen on a fresh machine.
+    first use) so the whole pipeline can be seen on a fresh machine. Several slides run as
+    Dask jobs; a rerun skips slides whose report folder is complete (``--force`` redoes
+    them), and ``<out>/cohort.csv`` and ``cohort.html`` tabulate the results.
     """
     from ..analyze import AnalysisConfig, analyze_slides
 
@@ -44,12 +47,13 @@ def analyze(slides, out, tile_size, mpp, overlap, min_tissue, tissue_model, mito
         if not quiet:
             click.echo("No slide given: analysing the bundled demo slide (synthetic H&E).")
         sources = [demo_slide(verbose=not quiet).path]
-    results = analyze_slides(sources, out, config=config, workers=workers, scheduler=scheduler, verbose=not quiet)
+    results = analyze_slides(sources, out, config=config, workers=workers, scheduler=scheduler, verbose=not quiet, force=force)
     for r in results:
         if r.ok:
             v = r.value
             mit = v.get("mitosis")
             extra = "" if not mit else f", {mit['detections']} mitoses (grade {mit['grade']})"
-            click.echo(f"{r.item}: {v['tissue_tiles']} tissue tiles, {v['tissue_fraction']:.1%} tissue{extra} -> {v['report']}")
-    click.echo(f"cohort table: {out}/cohort.csv")
+            done = " (already complete: skipped)" if v.get("skipped") else ""
+            click.echo(f"{r.item}: {v['tissue_tiles']} tissue tiles, {v['tissue_fraction']:.1%} tissue{extra} -> {v['report']}{done}")
+    click.echo(f"cohort table: {out}/cohort.csv, {out}/cohort.html")
     raise SystemExit(report_failures(results))

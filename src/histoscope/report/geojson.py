@@ -15,7 +15,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["points_feature_collection", "write_geojson", "read_point_geojson"]
+__all__ = [
+    "points_feature_collection",
+    "tiles_feature_collection",
+    "circle_feature",
+    "write_geojson",
+    "read_point_geojson",
+]
 
 
 def points_feature_collection(
@@ -41,6 +47,100 @@ def points_feature_collection(
             }
         )
     return {"type": "FeatureCollection", "features": feats}
+
+
+def tiles_feature_collection(
+    table: pd.DataFrame,
+    classes: Sequence[str],
+    *,
+    colours: Sequence[Sequence[int]],
+    regions: bool = True,
+) -> dict[str, Any]:
+    """Classified tiles as QuPath objects: one ``tile`` per row, plus one region per class.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A tile table (level-0 ``x``, ``y``, ``w0``, ``h0``) with ``pred`` (class index) and
+        ``prob_<class>`` columns, as :func:`histoscope.infer.classify_tiles` returns.
+    classes, colours :
+        Class names in output order and their RGB colours.
+    regions : bool
+        Also add one ``annotation`` per predicted class: the union of its tiles (a
+        MultiPolygon, merged with Shapely), with its area in level-0 px^2 and tile count.
+
+    Returns
+    -------
+    dict
+        A GeoJSON FeatureCollection (coordinates in level-0 pixels).
+    """
+    need = {"x", "y", "w0", "h0", "pred"}
+    if not need <= set(table.columns):
+        raise ValueError(f"a classified tile table needs {sorted(need)}, got {list(table.columns)}")
+    cols = [f"prob_{c}" for c in classes]
+    feats: list[dict[str, Any]] = []
+    if regions and len(table):
+        import shapely
+        from shapely.geometry import mapping
+
+        for k, name in enumerate(classes):
+            sub = table[table["pred"] == k]
+            if sub.empty:
+                continue
+            x, y = sub["x"].to_numpy(float), sub["y"].to_numpy(float)
+            boxes = shapely.box(x, y, x + sub["w0"].to_numpy(float), y + sub["h0"].to_numpy(float))
+            union = shapely.union_all(boxes)
+            feats.append(
+                {
+                    "type": "Feature",
+                    "geometry": mapping(union),
+                    "properties": {
+                        "objectType": "annotation",
+                        "name": f"{name} region",
+                        "classification": {"name": name, "color": [int(c) for c in colours[k % len(colours)]]},
+                        "measurements": {"tiles": float(len(sub)), "area_px2": float(union.area)},
+                    },
+                }
+            )
+    for rec in table[["x", "y", "w0", "h0", "pred", *cols]].itertuples(index=False):
+        x, y, w, h, k = (int(v) for v in rec[:5])
+        ring = [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
+        feats.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {
+                    "objectType": "tile",
+                    "classification": {"name": classes[k], "color": [int(c) for c in colours[k % len(colours)]]},
+                    "measurements": {c: round(float(v), 5) for c, v in zip(cols, rec[5:])},
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def circle_feature(
+    centre_xy: Sequence[float],
+    radius: float,
+    *,
+    name: str,
+    color: Sequence[int] = (0, 114, 178),
+    measurements: dict[str, float] | None = None,
+    vertices: int = 72,
+) -> dict[str, Any]:
+    """A circle (level-0 centre and radius) as a polygon annotation, e.g. the mitotic hotspot."""
+    t = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
+    ring = np.stack([centre_xy[0] + radius * np.cos(t), centre_xy[1] + radius * np.sin(t)], 1).round(1).tolist()
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1]]},
+        "properties": {
+            "objectType": "annotation",
+            "name": name,
+            "classification": {"name": name, "color": [int(c) for c in color]},
+            "measurements": {k: float(v) for k, v in (measurements or {}).items()},
+        },
+    }
 
 
 def write_geojson(collection: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -75,6 +75,15 @@ def _as_pair(value: Any, name: str, *, integer: bool = True) -> tuple[int, int]:
     return out[0], out[1]
 
 
+def slide_name(path: str | os.PathLike[str]) -> str:
+    """A slide file's name without its extension (``.ome.tiff`` counts as one): its report folder's name."""
+    base = os.path.basename(os.fspath(path))
+    for ext in (".ome.tiff", ".ome.tif"):
+        if base.lower().endswith(ext):
+            return base[: -len(ext)]
+    return os.path.splitext(base)[0]
+
+
 class Slide(ABC):
     """A whole-slide image (or an ordinary image seen as a one-level slide).
 
@@ -138,13 +147,7 @@ class Slide(ABC):
     @property
     def name(self) -> str:
         """File name without its extension (``"array"`` for an in-memory slide)."""
-        if self.path is None:
-            return "array"
-        base = os.path.basename(self.path)
-        for ext in (".ome.tiff", ".ome.tif"):
-            if base.lower().endswith(ext):
-                return base[: -len(ext)]
-        return os.path.splitext(base)[0]
+        return "array" if self.path is None else slide_name(self.path)
 
     @property
     def level_count(self) -> int:
