@@ -595,6 +595,12 @@ COHORT_COLUMNS = [
 ]
 
 
+_COHORT_LABELS = {
+    "seconds": "time (s)", "mpp": "um/px", "tissue_area_mm2": "tissue (mm²)", "main_class_share": "its share",
+    "hotspot_count": "hotspot count (2 mm²)", "mitoses_per_10hpf": "mitoses per 10 HPF", "peak_memory_mb": "peak memory (MB)",
+}
+
+
 def _cohort_row(r: Any) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(COHORT_COLUMNS)
     row.update(slide=str(r.item), seconds=round(r.seconds, 3), error="")
@@ -653,6 +659,6 @@ def write_cohort_table(results, path: Path) -> Path:
         path.with_suffix(".html"),
         title="histoscope cohort",
         subtitle=f"{len(rows)} slide(s): {n_ok} analysed or complete, {len(rows) - n_ok} failed",
-        sections=[("Slides", table, ["slide (report)", *[c.replace("_", " ") for c in shown[1:]]])],
+        sections=[("Slides", table, ["slide (report)", *[_COHORT_LABELS.get(c, c.replace("_", " ")) for c in shown[1:]]])],
     )
     return path
