@@ -30,10 +30,10 @@ color:#222;padding:0 1rem}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 .sub{color:#666;margin-top:0}.warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5rem 1rem}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;
-font-size:.9rem}th{background:#f4f4f4}.figs{display:flex;flex-wrap:wrap;gap:1rem}figure{margin:0;flex:1 1 360px}
+font-size:.9rem}th{background:#f4f4f4}.figs{display:flex;flex-wrap:wrap;gap:1rem}figure{margin:0;flex:1 1 360px;max-width:calc(50% - .5rem)}
 figure img{width:100%;height:auto;border:1px solid #ccc;image-rendering:auto}
 .plots figure{flex:0 1 480px}figcaption{font-size:.85rem;color:#555}
-figure.wide{margin:1rem 0}details{margin:.4rem 0}summary{cursor:pointer;font-weight:600}
+figure.wide{margin:1rem 0;max-width:none}details{margin:.4rem 0}summary{cursor:pointer;font-weight:600}
 details pre{white-space:pre-wrap;background:#f8f8f8;border:1px solid #e4e4e4;padding:.6rem;font-size:.8rem}
 td.ok{color:#1a7f37}td.failed{color:#b42318;font-weight:600}footer{margin-top:3rem;color:#888;font-size:.8rem}
 """
