@@ -136,11 +136,11 @@ def test_http_target_scores_like_the_local_model_and_can_be_attacked():
         # malformed requests get a 400 that names the problem
         buf = io.BytesIO()
         np.save(buf, np.zeros((2, 64, 64), np.uint8))
-        req = urllib.request.Request(f"{url}/predict", data=buf.getvalue(), method="POST")
+        req = urllib.request.Request(f"{url}/predict", data=buf.getvalue(), headers={"Content-Type": "application/x-npy"}, method="POST")
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req)
         assert err.value.code == 400 and "(N, H, W, 3) uint8" in json.loads(err.value.read())["error"]
-        req = urllib.request.Request(f"{url}/predict", data=b"not numpy", method="POST")
+        req = urllib.request.Request(f"{url}/predict", data=b"not numpy", headers={"Content-Type": "application/x-npy"}, method="POST")
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req)
         assert "not a .npy array" in json.loads(err.value.read())["error"]
@@ -148,7 +148,6 @@ def test_http_target_scores_like_the_local_model_and_can_be_attacked():
             remote._post(np.zeros((1, 32, 32, 3), np.uint8))  # the server's model takes 64 px
     finally:
         server.shutdown()
-        server.server_close()
     with pytest.raises(ConnectionError, match="cannot reach the model server"):
         HTTPTarget(url)
 

@@ -1,4 +1,4 @@
-"""``histoscope audit one-pixel`` and ``histoscope serve``."""
+"""``histoscope audit one-pixel``."""
 
 from __future__ import annotations
 
@@ -159,27 +159,3 @@ def one_pixel(images, model, url, mitosis_data, per_class, direction, cls, crite
     app = table[table["applicable"].astype(bool)]
     click.echo(f"{int(app['success'].sum())}/{len(app)} attacks succeeded ({queries} queries, {queries / max(t_attack, 1e-9):.0f}/s); report: {report}")
 
-
-@click.command("serve")
-@click.option("--model", default=None, help="Bundled model name or checkpoint (default: the bundled mitosis_detector).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (the server has no authentication: keep it local or behind a trusted proxy).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-def serve(model, host, port, device):
-    """Serve a model over HTTP: POST .npy images to /predict, GET /info and /health."""
-    from ..serve import make_server
-
-    try:
-        server = make_server(model, host=host, port=port, device=device)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.UsageError(str(exc)) from None
-    except OSError as exc:
-        raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    h, p = server.server_address[:2]
-    click.echo(f"serving {server.target.name} at http://{h}:{p} (Ctrl-C stops)")  # type: ignore[attr-defined]
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()

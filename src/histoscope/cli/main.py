@@ -33,8 +33,9 @@ def cli(verbose: int) -> None:
 
 def _register() -> None:
     from .analyze import analyze
-    from .audit import audit, serve
+    from .audit import audit
     from .phh3 import phh3
+    from .serve import serve
     from .info import info
     from .mitosis import detect, train_atypical_cmd, train_mitosis_cmd
     from .stain import stain

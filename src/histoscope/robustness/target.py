@@ -148,7 +148,8 @@ class CallableTarget(Target):
 class HTTPTarget(Target):
     """A model behind a REST API (the one-pixel paper attacked one): ``POST <url>/predict``.
 
-    ``GET <url>/info`` (optional) gives ``classes`` and ``input_size``.
+    ``GET <url>/info`` (optional) gives ``classes`` and ``input_size``, and the server's
+    ``max_batch`` and ``max_body_bytes`` (``histoscope serve``), which bound the batches sent.
     """
 
     def __init__(self, url: str, *, timeout: float = 60.0, batch_size: int = 1024) -> None:
@@ -158,11 +159,16 @@ class HTTPTarget(Target):
         self.batch_size = int(batch_size)
         self.name = self.url
         self.classes = []
+        self.max_body_bytes: int | None = None
         try:
             with urllib.request.urlopen(f"{self.url}/info", timeout=timeout) as r:
                 info = json.loads(r.read())
             self.classes = list(info.get("classes") or [])
             self.input_size = info.get("input_size")
+            if info.get("max_batch"):
+                self.batch_size = min(self.batch_size, int(info["max_batch"]))
+            if info.get("max_body_bytes"):
+                self.max_body_bytes = int(info["max_body_bytes"])
         except urllib.error.HTTPError as exc:
             if exc.code != 404:
                 raise ConnectionError(f"{self.url}/info answered HTTP {exc.code}: {exc.reason}") from None
@@ -189,7 +195,10 @@ class HTTPTarget(Target):
 
     def _predict(self, images: torch.Tensor) -> torch.Tensor:
         arr = tensor_to_image(images)
-        p = np.concatenate([self._post(arr[i : i + self.batch_size]) for i in range(0, len(arr), self.batch_size)])
+        step = self.batch_size
+        if self.max_body_bytes is not None:  # leave room for the .npy header
+            step = max(1, min(step, (self.max_body_bytes - 1024) // max(1, arr[:1].nbytes)))
+        p = np.concatenate([self._post(arr[i : i + step]) for i in range(0, len(arr), step)])
         if not self.classes:
             self.classes = [str(i) for i in range(p.shape[1])]
         return torch.from_numpy(p).to(images.device)
