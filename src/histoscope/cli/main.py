@@ -36,6 +36,7 @@ def _register() -> None:
     from .audit import audit
     from .phh3 import phh3
     from .serve import serve
+    from .view import view
     from .info import info
     from .mitosis import detect, train_atypical_cmd, train_mitosis_cmd
     from .stain import stain
@@ -53,6 +54,7 @@ def _register() -> None:
     cli.add_command(evaluate)
     cli.add_command(audit)
     cli.add_command(serve)
+    cli.add_command(view)
     cli.add_command(phh3)
 
 
