@@ -35,9 +35,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_server(model: str, *, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, *, threads: int | None = None, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
     """``histoscope serve`` on a free port of 127.0.0.1, in its own process; returns it and its URL."""
     cmd = [sys.executable, "-m", "histoscope.cli.main", "serve", "--model", model, "--host", "127.0.0.1", "--port", "0"]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline()  # "serving NAME at http://127.0.0.1:PORT (...)"
     if " at http://" not in line:
@@ -152,6 +154,7 @@ def main() -> None:
     ap.add_argument("--model", default="mitosis_detector", help="bundled model or checkpoint to serve")
     ap.add_argument("--batch", type=int, default=1, help="patches per request")
     ap.add_argument("--warmup", type=int, default=50, help="untimed requests first")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the server (histoscope serve --threads)")
     ap.add_argument("--url", default=None, help="measure this running server instead of starting one")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out"))
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -164,7 +167,7 @@ def main() -> None:
     url = args.url
     if url is None:
         t0 = time.perf_counter()
-        proc, url = start_server(args.model)
+        proc, url = start_server(args.model, threads=args.threads)
         startup = time.perf_counter() - t0
     else:
         startup = None
@@ -190,6 +193,7 @@ def main() -> None:
         "requests": args.requests,
         "clients": args.clients,
         "batch": args.batch,
+        "server_threads": args.threads,
         "warmup": args.warmup,
         "server_startup_s": None if startup is None else round(startup, 2),
         "wall_s": round(res["wall_s"], 3),

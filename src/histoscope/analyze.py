@@ -31,6 +31,7 @@ import numpy as np
 from ._version import __version__
 from .slide import open_slide, tissue_mask
 from .tiles import TileSpec, save_tile_table, tile_grid
+from .utils.memory import release_memory
 
 __all__ = ["AnalysisConfig", "analyze_slide", "analyze_slides", "write_cohort_table"]
 
@@ -104,6 +105,7 @@ class _Timer:
             self.stages[name] = time.perf_counter() - t0
             self._peak = max(self._peak, self._proc.memory_info().rss)
             self.peak_mb[name] = self._peak / 2**20
+            release_memory()
 
 
 def _histogram_png(values: np.ndarray, threshold: float) -> bytes:
@@ -253,8 +255,9 @@ def write_class_maps(table: Any, classes: list[str], path: str | os.PathLike[str
     The group holds ``class`` (rows x cols int16, the predicted class index, -1 where no
     tile was classified) and ``probability`` (rows x cols x classes float32, NaN there);
     its attributes give the classes, their colours, the level-0 ``origin`` and ``stride``
-    of the grid (cell ``[r, c]`` covers level-0 ``x = origin_x + c * stride``) and the tile
-    footprint, so that a map cell can be traced back to the slide.
+    of the grid (floats: cell ``[r, c]`` starts at level-0 ``x = origin_x + c * stride``, to
+    the rounding of the tile table) and the tile footprint ``tile_level0``, so that a map cell
+    can be traced back to the slide.
     """
     import zarr
 
@@ -263,13 +266,18 @@ def write_class_maps(table: Any, classes: list[str], path: str | os.PathLike[str
     path = Path(path)
     probs = table[[f"prob_{c}" for c in classes]].to_numpy(np.float32)
     if len(table):
-        stride = int(table["w0"].iloc[0])
-        ox, oy = int(table["x"].min()) % stride, int(table["y"].min()) % stride
-        col = np.rint((table["x"].to_numpy() - ox) / stride).astype(int)
-        row = np.rint((table["y"].to_numpy() - oy) / stride).astype(int)
+        # the exact step of the grid (tiles sit at rounded multiples of it), not the rounded footprint
+        stride = float(table["size"].iloc[0] * table["downsample"].iloc[0])
+        x, y = table["x"].to_numpy(float), table["y"].to_numpy(float)
+        ox = float(np.median(x - np.rint(x / stride) * stride))
+        oy = float(np.median(y - np.rint(y / stride) * stride))
+        col = np.rint((x - ox) / stride).astype(int)
+        row = np.rint((y - oy) / stride).astype(int)
+        ox, oy = ox + col.min() * stride, oy + row.min() * stride
+        col, row = col - col.min(), row - row.min()
         shape = (int(row.max()) + 1, int(col.max()) + 1)
     else:
-        stride, ox, oy, shape = 1, 0, 0, (0, 0)
+        stride, ox, oy, shape = 1.0, 0.0, 0.0, (0, 0)
         row = col = np.zeros(0, int)
     cls = np.full(shape, -1, np.int16)
     prob = np.full((*shape, len(classes)), np.nan, np.float32)
@@ -288,7 +296,7 @@ def write_class_maps(table: Any, classes: list[str], path: str | os.PathLike[str
             "colours": [list(CLASS_COLOURS[i % len(CLASS_COLOURS)]) for i in range(len(classes))],
             "origin": [ox, oy],
             "stride": stride,
-            "tile_level0": stride,
+            "tile_level0": int(table["w0"].iloc[0]) if len(table) else 0,
             **(attrs or {}),
         }
     )
