@@ -122,7 +122,8 @@ def app_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0, probe: st
 def run_app(app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level: LogLevel = "warning", access_log: bool = False, on_start: Callable[[str], None] | None = None) -> None:
     """Serve ``app`` with uvicorn in this thread until interrupted (Ctrl-C, SIGTERM).
 
-    ``on_start(url)`` is called once the socket is bound, before serving starts.
+    ``on_start(url)`` is called once the socket listens (clients may connect at once; they are
+    answered when serving starts).
 
     Raises
     ------
@@ -130,6 +131,7 @@ def run_app(app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level: L
         The address cannot be bound.
     """
     sock = bind(host, port)
+    sock.listen(2048)  # connections made as soon as on_start announces the URL wait in the backlog
     if on_start is not None:
         on_start(url_of(sock))
     server = _uvicorn_server(app, log_level=log_level, access_log=access_log, configure_logging=True)
