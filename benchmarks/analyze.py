@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from _memory import peak_rss_mb  # benchmarks/_memory.py (scripts run from this folder)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SLIDES = REPO.parent / "shared" / "data" / "slides"
 CMU = SHARED_SLIDES / "CMU-1-Small-Region.svs"
@@ -49,18 +51,6 @@ TARGET_PEAK_MB = 2000.0
 #: Mitoses drawn per px^2 of synthetic slide: 20 on the 12,000 x 9,000 px demo slide.
 MITOSES_PER_PX2 = 20 / (12_000 * 9_000)
 SYNTH_MPP = 0.25
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM), in MB."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _histoscope_cmd() -> list[str]:
@@ -80,7 +70,7 @@ def _measure(cmd: list[str]) -> dict:
         "returncode": proc.returncode,
         "wall_s": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
-        "measuring_process_peak_mb": _peak_rss_mb(),
+        "measuring_process_peak_mb": peak_rss_mb(),
         "stdout_tail": proc.stdout[-2000:],
         "stderr_tail": proc.stderr[-4000:],
     }
@@ -125,7 +115,7 @@ def _cohort_worker(paths: list[str], out_dir: str, workers: int, seed: int, verb
         "wall_s": wall,
         "jobs_s": sum(s["job_s"] for s in slides),
         "process_wall_s": time.perf_counter() - t_start,
-        "process_peak_rss_mb": _peak_rss_mb(),
+        "process_peak_rss_mb": peak_rss_mb(),
         "slides": slides,
     }
 

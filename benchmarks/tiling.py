@@ -18,26 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _memory import peak_rss_mb  # benchmarks/_memory.py (scripts run from this folder)
+
 REPO = Path(__file__).resolve().parents[1]
 CMU = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _worker(method: str, slide_path: str, table_path: str, passes: int) -> dict:
@@ -81,7 +70,7 @@ def _worker(method: str, slide_path: str, table_path: str, passes: int) -> dict:
         "open_s": open_s / passes,
         "seconds": read_s,
         "tiles_per_s": n / read_s if read_s else float("inf"),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "checksum": checksum,
     }
 

@@ -137,6 +137,7 @@ class ViewerData:
         self.deepzoom = DeepZoomGenerator(_DeepZoomSource(self.slide), tile_size=TILE_SIZE, overlap=TILE_OVERLAP)
         self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._pngs: dict[str, bytes] = {}
 
     def close(self) -> None:
         self.slide.close()
@@ -199,7 +200,12 @@ class ViewerData:
         return tissue_mask(self.slide)
 
     def overlay_png(self, name: str) -> bytes:
-        """``"classes"`` (the class map, 45% opaque, one block per tile) or ``"tissue"`` (the tissue outline)."""
+        """``"classes"`` (the class map, 45% opaque, one block per tile) or ``"tissue"`` (the tissue outline), rendered once."""
+        if name not in self._pngs:
+            self._pngs[name] = self._render_overlay(name)
+        return self._pngs[name]
+
+    def _render_overlay(self, name: str) -> bytes:
         if name == "classes":
             if self._class_map is None:
                 raise KeyError("this report has no tissue-class map")
@@ -228,7 +234,11 @@ class ViewerData:
         return buf.getvalue()
 
     def overlays(self) -> dict[str, Any]:
-        """Everything the page draws, in level-0 pixels."""
+        """Everything the page draws, in level-0 pixels (read from the report folder once)."""
+        return self._overlays
+
+    @cached_property
+    def _overlays(self) -> dict[str, Any]:
         W, H = self.slide.dimensions
         out: dict[str, Any] = {"tissue": {"image": "/overlay/tissue.png", "x": 0, "y": 0, "width": W, "height": H}}
         cm = self._class_map
