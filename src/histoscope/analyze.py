@@ -56,6 +56,12 @@ class AnalysisConfig:
     #: the CNN at H&E candidates, fast on a CPU; "dense": the fully convolutional map).
     mitosis_model: str | None = "mitosis_detector"
     mitosis_mode: str = "candidates"
+    #: NIC encoder (bundled name or encoder file) to compress the slide with (None: no
+    #: compression); the report shows the embedding grid as a PCA picture.
+    nic_encoder: str | None = None
+    #: Slide model (``histoscope nic train``) applied to the compressed slide: a slide-level
+    #: prediction and its Grad-CAM overlay (needs ``nic_encoder``).
+    slide_model: str | None = None
 
     def __post_init__(self) -> None:
         TileSpec(size=self.tile_size, mpp=self.mpp, overlap=self.overlap)  # validates
@@ -65,6 +71,8 @@ class AnalysisConfig:
             raise ValueError(f"slide_mpp must be positive, got {self.slide_mpp}")
         if self.mitosis_mode not in ("candidates", "dense"):
             raise ValueError(f"mitosis_mode must be 'candidates' or 'dense', got {self.mitosis_mode!r}")
+        if self.slide_model and not self.nic_encoder:
+            raise ValueError("a slide model works on a compressed slide: give nic_encoder too (--nic-encoder)")
 
 
 class _Timer:
@@ -249,6 +257,67 @@ def _class_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config: A
     return section, fig, {r["class"]: r["fraction"] for r in fr.to_dict("records")}
 
 
+def _nic_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config: AnalysisConfig, timer: _Timer, warnings: list[str], verbose: bool) -> tuple[list, list, dict[str, Any], list]:
+    """NIC: the slide compressed to an embedding grid (zarr + PCA picture); with a slide model, its prediction and Grad-CAM."""
+    from PIL import Image
+
+    from .infer.compress import compress, embedding_rgb
+    from .models.nic import load_encoder
+
+    figures: list = []
+    sections: list = []
+    cards: list = []
+    with timer.stage("NIC compression"):
+        enc = load_encoder(config.nic_encoder)
+        enc.name = config.nic_encoder
+        comp = compress(slide, enc, tissue=mask, out=work / "embeddings.zarr", verbose=verbose)
+        rgb = embedding_rgb(comp)
+        h, w = thumb.shape[:2]
+        on_slide = comp.to_slide_image(rgb, (w, h), fill=255)
+        Image.fromarray(on_slide).save(work / "embedding.png")
+    rows, cols, C = comp.shape
+    figures.append((f"Embedding grid ({config.nic_encoder} encoder, {rows} x {cols} x {C}): first 3 principal components as RGB", on_slide))
+    summary: dict[str, Any] = {"encoder": config.nic_encoder, "grid": [rows, cols, C], "patches_encoded": comp.attrs["patches_encoded"]}
+    info = {"encoder": config.nic_encoder, "grid (rows x cols x C)": f"{rows} x {cols} x {C}",
+            "patch / stride": f"{comp.attrs['patch']} / {comp.attrs['stride']} px at {comp.attrs['mpp']:.3g} um/px" if comp.attrs.get("mpp") else f"{comp.attrs['patch']} / {comp.attrs['stride']} px",
+            "patches encoded": f"{comp.attrs['patches_encoded']:,} of {comp.attrs['patches_total']:,}"}
+    card = getattr(enc, "card", None)
+    if card:
+        cards.append((f"NIC encoder {config.nic_encoder}: card", "\n".join(f"- {k}: {v}" for k, v in card.items() if k not in ("history",))))
+    if config.slide_model:
+        from .explain.cam import overlay_heatmap
+        from .nic.gradcam import slide_gradcam
+        from .nic.model import load_slide_model
+        from .nic.train import predict_slides
+
+        with timer.stage("slide-level prediction"):
+            model = load_slide_model(config.slide_model)
+            if model.in_channels != C:
+                raise ValueError(f"{config.slide_model}: the slide model takes C = {model.in_channels} codes, the {config.nic_encoder} encoder gives {C}")
+            scores = np.asarray(predict_slides(model, [comp], crop=None, seed=config.seed))[0]
+            heat = slide_gradcam(model, comp.load())
+            heat_img = comp.to_slide_image(heat, (w, h), fill=0.0).astype(np.float32)
+            over = overlay_heatmap(thumb, heat_img, alpha=0.45)
+            import matplotlib
+
+            rgba = (matplotlib.colormaps["jet"](heat_img) * 255).astype(np.uint8)
+            rgba[..., 3] = np.round(np.clip(heat_img, 0, 1) * 200).astype(np.uint8)
+            Image.fromarray(rgba, "RGBA").save(work / "gradcam.png")  # the viewer's Grad-CAM layer
+        mcard = getattr(model, "card", None) or {}
+        classes = mcard.get("classes") or [str(k) for k in range(len(np.atleast_1d(scores)))]
+        if model.task == "classification":
+            pred = {c: float(v) for c, v in zip(classes, np.atleast_1d(scores))}
+            best = max(pred, key=pred.get)
+            info["slide-level prediction"] = f"{best} (p = {pred[best]:.3f})"
+            summary["prediction"] = pred
+        else:
+            info["slide-level prediction"] = f"{float(np.atleast_1d(scores)[0]):.4g}"
+            summary["prediction"] = float(np.atleast_1d(scores)[0])
+        figures.append((f"Grad-CAM of the slide model's first layer (eq. 7): where the evidence for '{info['slide-level prediction']}' lies", over))
+    sections.append(("Neural Image Compression", info, None))
+    return figures, sections, summary, cards
+
+
 def write_class_maps(table: Any, classes: list[str], path: str | os.PathLike[str], *, attrs: dict[str, Any] | None = None) -> Path:
     """A classified tile table as zarr maps on the tile grid, written atomically.
 
@@ -430,6 +499,13 @@ def _analyze_slide(source: str | os.PathLike[str], out_dir: Path, config: Analys
                 else:
                     mitosis_section, mitosis_fig, summary_mitosis = _mitosis_stage(slide, mask, thumb, work, config, timer, warnings, verbose)
                     models_used += [config.mitosis_model, *([ATYPICAL_MODEL] if summary_mitosis.get("atypical_share") is not None else [])]
+            nic_figs: list = []
+            nic_sections: list = []
+            nic_cards: list = []
+            if config.nic_encoder and slide.mpp is None:
+                warnings.append("no NIC compression: the encoders work at a physical resolution and the slide records none (--slide-mpp)")
+            elif config.nic_encoder:
+                nic_figs, nic_sections, summary_nic, nic_cards = _nic_stage(slide, mask, thumb, work, config, timer, warnings, verbose)
             info = slide.info()
             mpp = slide.mpp
             tissue_mm2 = (
@@ -454,6 +530,8 @@ def _analyze_slide(source: str | os.PathLike[str], out_dir: Path, config: Analys
                 summary["tissue_classes"] = summary_classes
             if mitosis_section is not None:
                 summary["mitosis"] = summary_mitosis
+            if nic_sections:
+                summary["nic"] = summary_nic
             with timer.stage("report"):
                 W, H = slide.dimensions
                 meta = {
@@ -490,6 +568,7 @@ def _analyze_slide(source: str | os.PathLike[str], out_dir: Path, config: Analys
                         (f"Tile grid: {len(tiles)} tiles of {spec.size} px with >= {config.min_tissue:.0%} tissue", grid_img),
                         *([class_fig] if class_fig else []),
                         *([mitosis_fig] if mitosis_fig else []),
+                        *nic_figs,
                     ],
                     plots=[("Tissue fraction of every tile of the grid", hist)],
                     sections=[
@@ -497,10 +576,11 @@ def _analyze_slide(source: str | os.PathLike[str], out_dir: Path, config: Analys
                         ("Tiles", tiles_rows, None),
                         *([class_section] if class_section else []),
                         *([mitosis_section] if mitosis_section else []),
+                        *nic_sections,
                         ("Timings and peak memory", timings, ["stage", "time", "peak resident memory"]),
                         ("Software", summary["versions"], None),
                     ],
-                    details=[("Models used", cards)] if cards else (),
+                    details=[("Models used", cards + nic_cards)] if cards or nic_cards else (),
                 )
             summary["timings_s"] = dict(timer.stages)
             summary["peak_memory_mb"] = dict(timer.peak_mb)

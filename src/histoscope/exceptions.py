@@ -67,3 +67,7 @@ class MaskError(HistoscopeError, ValueError):
 
 class StainWarning(UserWarning):
     """A stain estimate fell back to a reference (too little tissue, degenerate colours)."""
+
+
+class ModelFileError(HistoscopeError, ValueError):
+    """A model or encoder file that is missing, tampered with, unsafe to load or of the wrong kind."""

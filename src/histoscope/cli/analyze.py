@@ -17,13 +17,15 @@ from .options import quiet, report_failures, scheduler, seed, slide_mpp, workers
 @click.option("--tissue-model", default="colorectal_grader", show_default=True, help="Bundled tissue classifier drawn as a class map; 'none' to skip.")
 @click.option("--mitosis-model", default="mitosis_detector", show_default=True, help="Bundled mitosis detector (detections, hotspot, grade); 'none' to skip.")
 @click.option("--mitosis-mode", type=click.Choice(["candidates", "dense"]), default="candidates", show_default=True, help="candidates: the CNN at H&E candidates (fast on a CPU); dense: the paper's fully convolutional map.")
+@click.option("--nic-encoder", default=None, help="Also compress each slide with this NIC encoder (bundled name or file); the report shows the embedding grid.")
+@click.option("--slide-model", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None, help="A slide model from `histoscope nic train` applied to the compressed slide (prediction + Grad-CAM); needs --nic-encoder.")
 @click.option("--force", is_flag=True, help="Analyse again slides whose report folder is already complete for these options.")
 @slide_mpp
 @workers
 @scheduler
 @quiet
 @seed
-def analyze(slides, out, tile_size, mpp, overlap, min_tissue, tissue_model, mitosis_model, mitosis_mode, force, slide_mpp, workers, scheduler, quiet, seed) -> None:
+def analyze(slides, out, tile_size, mpp, overlap, min_tissue, tissue_model, mitosis_model, mitosis_mode, nic_encoder, slide_model, force, slide_mpp, workers, scheduler, quiet, seed) -> None:
     """Analyse slides end to end and write a report folder per slide.
 
     With no SLIDE, analyses the bundled demo slide (a synthetic H&E slide generated on
@@ -39,7 +41,13 @@ def analyze(slides, out, tile_size, mpp, overlap, min_tissue, tissue_model, mito
     if tissue_model and tissue_model not in list_pretrained():
         raise click.BadParameter(f"no bundled model {tissue_model!r}; bundled: {list_pretrained()} (or 'none')", param_hint="--tissue-model")
     mitosis_model = None if mitosis_model.lower() in ("none", "") else mitosis_model
-    config = AnalysisConfig(tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue, slide_mpp=slide_mpp, seed=seed, tissue_model=tissue_model, mitosis_model=mitosis_model, mitosis_mode=mitosis_mode)
+    if slide_model and not nic_encoder:
+        raise click.UsageError("--slide-model works on compressed slides: give --nic-encoder too")
+    config = AnalysisConfig(tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue, slide_mpp=slide_mpp, seed=seed, tissue_model=tissue_model, mitosis_model=mitosis_model, mitosis_mode=mitosis_mode, nic_encoder=nic_encoder, slide_model=slide_model)
+    if nic_encoder:
+        from ..models.nic import load_encoder
+
+        load_encoder(nic_encoder)  # a bad name or file fails now, before any slide
     sources = list(slides)
     if not sources:
         from ..datasets import demo_slide

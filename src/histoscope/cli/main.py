@@ -34,6 +34,7 @@ def cli(verbose: int) -> None:
 def _register() -> None:
     from .analyze import analyze
     from .audit import audit
+    from .nic import nic
     from .phh3 import phh3
     from .serve import serve
     from .view import view
@@ -56,6 +57,7 @@ def _register() -> None:
     cli.add_command(serve)
     cli.add_command(view)
     cli.add_command(phh3)
+    cli.add_command(nic)
 
 
 _register()

@@ -86,6 +86,30 @@ class CompressedSlide:
         ox, oy = self.attrs["origin"]
         return ox + np.asarray(j) * s0 + p0 / 2, oy + np.asarray(i) * s0 + p0 / 2
 
+    def to_slide_image(self, values: np.ndarray, size: tuple[int, int], *, fill: Any = 0) -> np.ndarray:
+        """Lay a per-cell map ``(rows, cols[, k])`` over the slide, as an image of ``size`` = (width, height).
+
+        Pixel ``(u, v)`` of the result shows the cell whose patch contains the level-0 point
+        ``(u + 0.5, v + 0.5) * slide_size / size`` (with overlapping patches: the cell whose
+        stride step contains it); points outside the grid get ``fill``. Use it to put a
+        Grad-CAM map or an embedding picture on a thumbnail of the same slide.
+        """
+        vals = np.asarray(values)
+        rows, cols = self.shape[:2]
+        if vals.shape[:2] != (rows, cols):
+            raise ValueError(f"values must have the grid's shape ({rows}, {cols}), got {vals.shape}")
+        w, h = (int(v) for v in size)
+        W, H = self.attrs["slide_dimensions"]
+        s0 = self.attrs["stride_level0"]
+        ox, oy = self.attrs["origin"]
+        j = np.floor(((np.arange(w) + 0.5) * W / w - ox) / s0).astype(np.int64)
+        i = np.floor(((np.arange(h) + 0.5) * H / h - oy) / s0).astype(np.int64)
+        ok_j, ok_i = (j >= 0) & (j < cols), (i >= 0) & (i < rows)
+        out = vals[np.ix_(np.clip(i, 0, rows - 1), np.clip(j, 0, cols - 1))]
+        out[~ok_i] = fill
+        out[:, ~ok_j] = fill
+        return out
+
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "CompressedSlide":
         """Open a store written by :func:`compress` (read-only)."""
@@ -314,8 +338,10 @@ def embedding_rgb(compressed: CompressedSlide | np.ndarray, tissue: np.ndarray |
     """A picture of an embedding grid: its first three principal components as RGB.
 
     PCA (scikit-learn) is fitted on the cells with tissue (at most 50,000, drawn with
-    ``seed``); each component is stretched between its 1st and 99th percentile. Cells
-    without tissue are ``background`` (white, like glass). Returns ``(rows, cols, 3)`` uint8.
+    ``seed``); each component is stretched between its 1st and 99th percentile. Each cell's
+    colour is blended with ``background`` (white, like glass) by its tissue fraction, so cells
+    without tissue are background and mostly-glass patches look pale. Returns
+    ``(rows, cols, 3)`` uint8.
     """
     from sklearn.decomposition import PCA
 
@@ -342,5 +368,79 @@ def embedding_rgb(compressed: CompressedSlide | np.ndarray, tissue: np.ndarray |
     rgb[:, :k] = scaled
     if k < 3:
         rgb[:, k:] = scaled[:, :1]
-    out[inside] = np.round(rgb * 255).astype(np.uint8)
+    # blend with the background by tissue fraction: patches that are mostly glass look pale
+    t = np.clip(tis[inside], 0, 1)[:, None].astype(np.float32)
+    out[inside] = np.round(255 * (rgb * t + (background / 255.0) * (1 - t))).astype(np.uint8)
     return out
+
+
+def compress_file(
+    path: str | os.PathLike[str],
+    *,
+    out_dir: str | os.PathLike[str],
+    encoder: str | os.PathLike[str],
+    slide_mpp: float | None = None,
+    patch: int | None = None,
+    stride: int | None = None,
+    mpp: float | None | Literal["encoder"] = "encoder",
+    min_tissue: float = 0.05,
+    batch_size: int = 128,
+    device: str = "cpu",
+    workers: int = 2,
+    force: bool = False,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """One per-slide job of ``histoscope nic compress`` (picklable for Dask).
+
+    Writes ``<out_dir>/<slide name>.zarr`` (the compressed slide) and
+    ``<out_dir>/<slide name>-embedding.png`` (:func:`embedding_rgb`, one pixel per cell,
+    enlarged to about 512 px). A store that is already complete for the same encoder, patch,
+    stride and resolution is kept unless ``force``. Returns a summary dict.
+    """
+    from PIL import Image
+
+    from ..models.nic import load_encoder
+    from ..slide.base import slide_name
+    from ..slide.reader import open_slide
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = slide_name(path)
+    store = out / f"{name}.zarr"
+    png = out / f"{name}-embedding.png"
+    enc = load_encoder(encoder, device=device)
+    enc.name = os.fspath(encoder)
+    want = {"encoder": dict(enc.config), "patch": patch or enc.patch_size, "stride": stride or patch or enc.patch_size}
+    if not force and _is_compressed(store) and png.is_file():
+        try:
+            done = CompressedSlide.open(store)
+            if all(done.attrs.get(k) == v for k, v in want.items()):
+                return _summary(done, store, png, skipped=True)
+        except ValueError:
+            pass
+    with open_slide(path, mpp=slide_mpp) as slide:
+        c = compress(
+            slide, enc, patch=patch, stride=stride, mpp=mpp, min_tissue=min_tissue, out=store,
+            batch_size=batch_size, device=device, workers=workers, verbose=verbose,
+        )
+    rgb = embedding_rgb(c)
+    k = max(1, 512 // max(rgb.shape[:2]))
+    tmp = png.with_name(f".{png.name}.partial")
+    Image.fromarray(np.kron(rgb, np.ones((k, k, 1), np.uint8))).save(tmp, format="PNG")
+    os.replace(tmp, png)
+    return _summary(c, store, png, skipped=False)
+
+
+def _summary(c: CompressedSlide, store: Path, png: Path, *, skipped: bool) -> dict[str, Any]:
+    rows, cols, C = c.shape
+    return {
+        "slide": c.attrs["slide_name"],
+        "store": str(store),
+        "picture": str(png),
+        "grid": f"{rows} x {cols} x {C}",
+        "encoder": c.attrs.get("encoder_name"),
+        "patches_encoded": c.attrs.get("patches_encoded"),
+        "patches_total": c.attrs.get("patches_total"),
+        "seconds": c.attrs.get("seconds"),
+        "skipped": skipped,
+    }

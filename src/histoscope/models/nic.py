@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..exceptions import ModelFileError
 from .registry import file_sha256
 
 __all__ = [
@@ -572,21 +573,21 @@ def _read_card(path: Path) -> dict[str, Any]:
     try:
         card = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable encoder card ({exc.__class__.__name__}: {exc})") from None
+        raise ModelFileError(f"{path}: unreadable encoder card ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(card, dict):
-        raise ValueError(f"{path}: an encoder card must be a JSON object, got {type(card).__name__}")
+        raise ModelFileError(f"{path}: an encoder card must be a JSON object, got {type(card).__name__}")
     return card
 
 
 def _verify(weights: Path, card: dict[str, Any], card_path: Path) -> None:
     if not weights.is_file():
-        raise ValueError(f"{weights}: encoder weights missing (its card {card_path.name} is there)")
+        raise ModelFileError(f"{weights}: encoder weights missing (its card {card_path.name} is there)")
     expected = card.get("sha256")
     if not isinstance(expected, str):
-        raise ValueError(f"{card_path}: the card has no 'sha256' of {weights.name}")
+        raise ModelFileError(f"{card_path}: the card has no 'sha256' of {weights.name}")
     digest = file_sha256(weights)
     if digest != expected:
-        raise ValueError(
+        raise ModelFileError(
             f"{weights}: checksum {digest[:12]}... does not match its card {card_path.name} ({expected[:12]}...); "
             "the file is corrupt or was modified: restore it (reinstall histoscope) or re-export it"
         )
@@ -597,28 +598,28 @@ def _load_file(path: Path, card: dict[str, Any] | None, device: str | torch.devi
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - say which file is refused, never a deep traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(
+        raise ModelFileError(
             f"{path}: not a histoscope encoder file, or not loadable safely with weights_only=True "
             f"({exc.__class__.__name__}: {first[:200]})"
         ) from None
     if isinstance(payload, dict) and "format" in payload:
         if payload["format"] != ENCODER_FORMAT:
-            raise ValueError(f"{path}: unsupported encoder format {payload['format']!r} (this histoscope reads {ENCODER_FORMAT!r})")
+            raise ModelFileError(f"{path}: unsupported encoder format {payload['format']!r} (this histoscope reads {ENCODER_FORMAT!r})")
         config, state = payload.get("config"), payload.get("state_dict")
         file_card = payload.get("card") or {}
     elif isinstance(payload, dict) and card is not None and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         config, state, file_card = card.get("config"), payload, {}  # a bare state dict bundled with its card
     else:
         what = f"a dict with keys {sorted(map(str, payload))[:6]}" if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path}: not a histoscope encoder file (expected a dict with format {ENCODER_FORMAT!r}, got {what})")
+        raise ModelFileError(f"{path}: not a histoscope encoder file (expected a dict with format {ENCODER_FORMAT!r}, got {what})")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: the encoder file has no state_dict of tensors")
+        raise ModelFileError(f"{path}: the encoder file has no state_dict of tensors")
     encoder = _from_config(config, where=str(path))  # type: ignore[arg-type]
     own = encoder.state_dict()
     if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
         missing = sorted(set(own) - set(state))[:3]
         bad = [k for k in own if k in state and own[k].shape != state[k].shape][:3]
-        raise ValueError(f"{path}: weights do not fit a {encoder.kind} encoder of config {config} (missing {missing}, shape mismatch {bad})")
+        raise ModelFileError(f"{path}: weights do not fit a {encoder.kind} encoder of config {config} (missing {missing}, shape mismatch {bad})")
     encoder.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()})
     encoder.card = {**file_card, **(card or {})}
     return encoder.to(device).eval()
@@ -663,13 +664,13 @@ def load_encoder(name_or_path: str | os.PathLike[str], *, device: str | torch.de
             enc = SupervisedEncoder(load_pretrained(DEFAULT_SUPERVISED_MODEL))
             enc.card = {"source": f"features of the bundled {DEFAULT_SUPERVISED_MODEL!r} classifier"}
             return enc.to(device).eval()
-        raise ValueError(
+        raise ModelFileError(
             f"no bundled {kind} encoder: {card_path} and {weights.name} are not installed. Train one "
             "(histoscope.train.nic.train_encoder) and save it with save_encoder, then load it by path"
         )
     p = Path(name)
     if not p.is_file():
-        raise ValueError(f"{p}: no such encoder file, and not an encoder name (bundled names: {list(ENCODER_KINDS)})")
+        raise ModelFileError(f"{p}: no such encoder file, and not an encoder name (bundled names: {list(ENCODER_KINDS)})")
     card_path = p.with_suffix(".json")
     card = None
     if card_path.is_file() and card_path != p:

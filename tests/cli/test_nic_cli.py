@@ -1,0 +1,108 @@
+"""``histoscope nic ...`` end to end, as a user runs it (generated images; the real slides where present)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from histoscope.cli.main import cli
+from histoscope.infer.compress import CompressedSlide
+
+
+def run(*args: str, ok: bool = True):
+    r = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    if ok:
+        assert r.exit_code == 0, r.output
+    return r
+
+
+def _fields(tmp_path, n: int, size: int = 256):
+    """``n`` small H&E-like PNG fields; the label (0/1) decides whether a dark blob is drawn in them."""
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        img = np.full((size, size, 3), (225, 160, 200), np.uint8)
+        img = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+        y = i % 2
+        if y:
+            cy, cx = rng.integers(64, size - 64, 2)
+            blob = (yy - cy) ** 2 + (xx - cx) ** 2 < 40**2
+            img[blob] = (70, 30, 110)
+        p = tmp_path / f"field{i:02d}.png"
+        Image.fromarray(img).save(p)
+        paths.append(p)
+        labels.append(y)
+    return paths, labels
+
+
+def test_train_encoder_compress_train_predict(tmp_path):
+    paths, labels = _fields(tmp_path, 12)
+    enc = tmp_path / "vae.pt"
+    run("nic", "train-encoder", "vae", *map(str, paths[:4]), "--out", str(enc), "--patch", "16", "--mpp", "0.5",
+        "--code-size", "8", "--width", "8", "--patches", "64", "--epochs", "1", "--slide-mpp", "0.5", "-q")
+    card = json.loads(enc.with_suffix(".json").read_text())
+    assert card["config"]["kind"] == "vae" and card["config"]["code_size"] == 8 and len(card["sha256"]) == 64
+
+    out = tmp_path / "compressed"
+    run("nic", "compress", *map(str, paths), "--encoder", str(enc), "--out", str(out), "--slide-mpp", "0.5", "--workers", "1", "-q")
+    stores = sorted(out.glob("*.zarr"))
+    assert len(stores) == 12 and (out / "compress.html").is_file() and (out / "field00-embedding.png").is_file()
+    c = CompressedSlide.open(stores[0])
+    assert c.shape == (16, 16, 8) and c.attrs["encoder_name"] == str(enc)
+    mtime = stores[0].stat().st_mtime_ns
+    r = run("nic", "compress", str(paths[0]), "--encoder", str(enc), "--out", str(out), "--slide-mpp", "0.5", "--workers", "1", "-q")
+    assert "already complete" in r.output and stores[0].stat().st_mtime_ns == mtime
+
+    labels_csv = tmp_path / "labels.csv"
+    pd.DataFrame({"slide": [p.stem for p in paths], "label": ["blob" if y else "plain" for y in labels]}).to_csv(labels_csv, index=False)
+    model_dir = tmp_path / "model"
+    run("nic", "train", *map(str, stores), "--labels", str(labels_csv), "--out", str(model_dir), "--crop", "8",
+        "--epochs", "2", "--folds", "4", "--width", "8", "-q")
+    cv = json.loads((model_dir / "cv.json").read_text())
+    assert cv["classes"] == ["blob", "plain"] and len(cv["per_fold"]) == 4
+    assert sorted(i for f in cv["per_fold"] for i in f["test_index"]) == list(range(12))  # each slide tested once
+    preds = tmp_path / "preds"
+    run("nic", "predict", *map(str, stores[:3]), "--model", str(model_dir / "fold0.pt"), "--out", str(preds), "-q")
+    table = pd.read_csv(preds / "predictions.csv")
+    assert list(table["slide"]) == [s.stem for s in stores[:3]]
+    np.testing.assert_allclose(table[["p_blob", "p_plain"]].sum(axis=1), 1.0, atol=1e-5)
+    over = np.asarray(Image.open(preds / "field00-gradcam.png"))
+    assert over.shape == (256, 256, 3)  # drawn on the slide (thumbnail of the 256 px field)
+    assert "field00" in (preds / "report.html").read_text()
+
+
+def test_bad_inputs_are_one_clear_line(tmp_path):
+    paths, _ = _fields(tmp_path, 1)
+    r = run("nic", "compress", str(paths[0]), "--encoder", "nonsense", "--out", str(tmp_path / "o"), ok=False)
+    assert r.exit_code != 0 and "nonsense" in r.output
+    r = run("nic", "train-encoder", "contrastive", str(paths[0]), "--out", str(tmp_path / "c.pt"), ok=False)
+    assert r.exit_code == 2 and "two slides" in r.output
+    r = run("nic", "compress", str(paths[0]), "--encoder", "mean_rgb", "--out", str(tmp_path / "o"), "--workers", "1", "-q", ok=False)
+    assert r.exit_code == 1 and "resolution" in r.output  # a PNG without --slide-mpp
+
+
+def test_compress_real_slides_and_the_report(cmu_svs, tmp_path):
+    out = tmp_path / "real"
+    run("nic", "compress", str(cmu_svs), "--encoder", "mean_rgb", "--out", str(out), "--workers", "1", "-q")
+    c = CompressedSlide.open(out / "CMU-1-Small-Region.zarr")
+    assert c.shape[2] == 3 and 100 < c.attrs["patches_encoded"] < c.attrs["patches_total"]
+    html = (out / "compress.html").read_text()
+    assert "CMU-1-Small-Region" in html and "data:image" in html
+
+
+def test_analyze_with_nic(cmu_svs, tmp_path):
+    out = tmp_path / "an"
+    run("analyze", str(cmu_svs), "--out", str(out), "--nic-encoder", "mean_rgb", "--tissue-model", "none", "-q")
+    folder = out / "CMU-1-Small-Region"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["nic"]["grid"][2] == 3 and "NIC compression" in summary["timings_s"]
+    assert (folder / "embeddings.zarr").is_dir() and (folder / "embedding.png").is_file()
+    assert "Neural Image Compression" in (folder / "report.html").read_text()
+    r = run("analyze", str(cmu_svs), "--out", str(out), "--slide-model", str(folder / "summary.json"), ok=False)
+    assert r.exit_code == 2 and "--nic-encoder" in r.output
