@@ -139,7 +139,7 @@ def test_regression_learns_square_intensity():
     pred = predict_slides(model, test, crop=None)  # the whole grid: no crop can miss the square
     truth = [s[2] for s in test]
     assert pred.shape == (12,)
-    assert spearmanr(truth, pred).statistic > 0.85
+    assert spearmanr(truth, pred).statistic > 0.8
     assert np.abs(pred - np.mean(truth)).max() < 3 * np.ptp(truth)  # in target units, not standardised
 
 
@@ -364,7 +364,7 @@ def test_gradcam_peaks_on_planted_square(data, trained):
     assert hits >= 0.8 * len(positives)
     # the D4-averaged map localises as well
     emb, tissue, _, truth = positives[0]
-    assert jaccard(postprocess(slide_gradcam(model, emb, target=1, tta=True), tissue=tissue), truth) >= 0.3
+    assert jaccard(postprocess(slide_gradcam(model, emb, target=1, tta=True), tissue=tissue), truth) >= 0.5
     thumb = np.full((96, 96, 3), 200, np.uint8)
     over = gradcam_overlay(thumb, heat)
     assert over.shape == (96, 96, 3) and over.dtype == np.uint8 and not np.array_equal(over, thumb)
