@@ -36,6 +36,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..exceptions import ModelFileError
+
 __all__ = ["Task", "TASKS", "SlideCNN", "save_slide_model", "load_slide_model", "SLIDE_MODEL_FORMAT"]
 
 Task = Literal["classification", "regression"]
@@ -304,7 +306,7 @@ def load_slide_model(path: str | os.PathLike[str], *, device: str | torch.device
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ValueError(
+        raise ModelFileError(
             f"{p}: refused by torch.load(weights_only=True): the file holds Python objects other than tensors and "
             "plain containers, so it is not a slide model written by histoscope.nic.save_slide_model "
             "(do not unpickle it unless you trust its source)"
@@ -312,19 +314,19 @@ def load_slide_model(path: str | os.PathLike[str], *, device: str | torch.device
     except Exception as exc:  # noqa: BLE001 - any unreadable file: say which and why
         msg = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
         msg = msg.splitlines()[0][:200] if msg else ""
-        raise ValueError(
+        raise ModelFileError(
             f"{p}: not a readable histoscope slide model, truncated or corrupt ({type(exc).__name__}: {msg}); "
             "write one with histoscope.nic.save_slide_model"
         ) from None
     if not isinstance(payload, dict) or "format" not in payload:
-        raise ValueError(f"{p}: not a histoscope slide model (expected a dict with format {SLIDE_MODEL_FORMAT!r})")
+        raise ModelFileError(f"{p}: not a histoscope slide model (expected a dict with format {SLIDE_MODEL_FORMAT!r})")
     fmt = payload.get("format")
     if fmt != SLIDE_MODEL_FORMAT:
         hint = " (an encoder: load it with histoscope.models.nic.load_encoder)" if "encoder" in str(fmt) else ""
-        raise ValueError(f"{p}: format {fmt!r} is not a slide model ({SLIDE_MODEL_FORMAT!r}){hint}")
+        raise ModelFileError(f"{p}: format {fmt!r} is not a slide model ({SLIDE_MODEL_FORMAT!r}){hint}")
     config, state = payload.get("config"), payload.get("state_dict")
     if not isinstance(config, dict) or not isinstance(state, dict):
-        raise ValueError(f"{p}: slide model file lacks its config or state_dict")
+        raise ModelFileError(f"{p}: slide model file lacks its config or state_dict")
     kwargs = {k: v for k, v in config.items() if k != "kind"}
     try:
         in_channels, n_outputs = kwargs.pop("in_channels"), kwargs.pop("n_outputs")
@@ -332,6 +334,6 @@ def load_slide_model(path: str | os.PathLike[str], *, device: str | torch.device
         model.load_state_dict(state, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         msg = str(exc).strip().splitlines()[0][:300]
-        raise ValueError(f"{p}: slide model config and weights do not fit ({type(exc).__name__}: {msg})") from None
+        raise ModelFileError(f"{p}: slide model config and weights do not fit ({type(exc).__name__}: {msg})") from None
     model.card = payload.get("card") or {}
     return model.to(resolve_device(device)).eval()
