@@ -106,3 +106,21 @@ def test_analyze_with_nic(cmu_svs, tmp_path):
     assert "Neural Image Compression" in (folder / "report.html").read_text()
     r = run("analyze", str(cmu_svs), "--out", str(out), "--slide-model", str(folder / "summary.json"), ok=False)
     assert r.exit_code == 2 and "--nic-encoder" in r.output
+
+    # a slide model on the mean-RGB grid: prediction in the report, Grad-CAM for the viewer
+    import torch
+
+    from histoscope.nic.model import SlideCNN, save_slide_model
+
+    torch.manual_seed(0)
+    model = save_slide_model(SlideCNN(3, 2, width=8), tmp_path / "slide.pt", card={"classes": ["low", "high"]})
+    out2 = tmp_path / "an2"
+    run("analyze", str(cmu_svs), "--out", str(out2), "--nic-encoder", "mean_rgb", "--slide-model", str(model), "--tissue-model", "none", "-q")
+    folder = out2 / "CMU-1-Small-Region"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert set(summary["nic"]["prediction"]) == {"low", "high"}
+    assert abs(sum(summary["nic"]["prediction"].values()) - 1) < 1e-5
+    cam = Image.open(folder / "gradcam.png")
+    thumb = Image.open(folder / "thumbnail.png")
+    assert cam.mode == "RGBA" and cam.size == thumb.size  # covers the slide, as the viewer draws it
+    assert "Grad-CAM" in (folder / "report.html").read_text()
