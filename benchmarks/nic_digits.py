@@ -159,6 +159,7 @@ def main() -> None:
             "seconds_train": round(t_fit, 1),
         }
         examples[kind] = heats
+        examples[kind + ":pred"] = [int(p) for p in pred]
         log(f"{kind}: test accuracy {correct.mean():.3f}; Grad-CAM Jaccard {jac_pred.mean():.3f}; by size {[b['accuracy'] for b in by_size]}")
     results["seconds_total"] = round(time.perf_counter() - t_all, 1)
     (out / "nic_digits.json").write_text(json.dumps(results, indent=2))
@@ -204,19 +205,20 @@ def _figures(results: dict, test, examples: dict, long_side: np.ndarray, out: Pa
     ax.legend(fontsize=8)
     save_figure(fig, out / "accuracy_vs_size.png")
 
-    kinds = list(examples)
+    kinds = [k for k in examples if ":" not in k]
     n = min(6, len(test))
     fig, axes = plt.subplots(len(kinds), n, figsize=(2.4 * n, 2.6 * len(kinds)), squeeze=False)
     for r, kind in enumerate(kinds):
         for c in range(n):
             d = test[c]
+            pred = examples[kind + ":pred"][c]
             heat = np.kron(examples[kind][c], np.ones((8, 8), np.float32))
             axes[r, c].imshow(overlay_heatmap(d.image, heat, alpha=0.45))
             for cont in find_contours(d.tilted_mask.astype(float), 0.5):
                 axes[r, c].plot(cont[:, 1], cont[:, 0], color="white", lw=1.2)
-            axes[r, c].set_title(f"{kind}: label {d.label}", fontsize=8)
+            axes[r, c].set_title(f"{kind}: label {d.label}, predicted {pred}", fontsize=8, color="black" if pred == d.label else "red")
             axes[r, c].axis("off")
-    fig.suptitle("Grad-CAM of the first layer (eq. 7); white: tilted rectangle", fontsize=10)
+    fig.suptitle("Grad-CAM of the first layer (eq. 7) for the predicted class; white: the tilted rectangle (the label); red title: wrong", fontsize=10)
     save_figure(fig, out / "gradcam_examples.png")
 
 

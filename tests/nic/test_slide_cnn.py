@@ -463,3 +463,21 @@ def test_same_seed_same_model_and_predictions(data):
                                   predict_slides(m2, grids, crop=R, n_crops=3, seed=5))
     assert not np.array_equal(predict_slides(m1, grids, crop=R, n_crops=3, seed=5),
                               predict_slides(m1, grids, crop=R, n_crops=3, seed=6))
+
+
+def test_assign_folds_keeps_a_patients_slides_together():
+    from histoscope.nic.train import assign_folds
+
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(12), rng.integers(1, 4, 12))
+    y = (groups % 2).astype(int)  # label per patient
+    fold_of = assign_folds(y, 4, groups=groups, seed=1)
+    assert set(fold_of.tolist()) == {0, 1, 2, 3}
+    for g in np.unique(groups):
+        assert len(set(fold_of[groups == g].tolist())) == 1
+    for f in range(4):
+        assert set(y[fold_of == f].tolist()) == {0, 1}  # stratified: both classes in every fold
+    with pytest.raises(ValueError, match="groups"):
+        assign_folds(y, 4, groups=groups[:-1])
+    with pytest.raises(ValueError, match="cannot fill"):
+        assign_folds(y[:6], 4, groups=np.array([0, 0, 0, 1, 1, 1]))

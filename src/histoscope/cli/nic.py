@@ -228,7 +228,8 @@ def _glas_patches(data: str | None, P: int, mpp: float | None, test_patients: li
 # ------------------------------------------------------------------ train (slide CNN)
 
 
-def _read_labels(path: str, task: str) -> dict[str, Any]:
+def _read_labels(path: str, task: str) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """slide name -> label, and slide name -> patient when the table has a ``patient`` column."""
     import pandas as pd
 
     try:
@@ -237,7 +238,9 @@ def _read_labels(path: str, task: str) -> dict[str, Any]:
         raise click.UsageError(f"{path}: cannot read the label table ({exc})") from None
     if not {"slide", "label"} <= set(table.columns):
         raise click.UsageError(f"{path}: the label table needs columns 'slide' and 'label', has {list(table.columns)}")
-    return {str(s): (float(v) if task == "regression" else v) for s, v in zip(table["slide"], table["label"])}
+    labels = {str(s): (float(v) if task == "regression" else v) for s, v in zip(table["slide"], table["label"])}
+    groups = {str(s): str(g) for s, g in zip(table["slide"], table["patient"])} if "patient" in table.columns else None
+    return labels, groups
 
 
 def _open_stores(stores: list[str]):
@@ -248,7 +251,7 @@ def _open_stores(stores: list[str]):
 
 @nic.command("train")
 @click.argument("stores", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str), help="CSV with columns slide (name, as in <slide>.zarr) and label.")
+@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str), help="CSV with columns slide (name, as in <slide>.zarr) and label; an optional patient column keeps a patient's slides in one fold.")
 @click.option("--task", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="nic-model", show_default=True)
 @click.option("--crop", type=click.IntRange(min=4), default=64, show_default=True, help="R: side of the random training crops, in grid cells.")
@@ -265,7 +268,7 @@ def train_slide_cmd(stores, labels, task, out, crop, test_crops, epochs, folds, 
     from ..nic.train import cross_validate
 
     slides = _open_stores(list(stores))
-    lab = _read_labels(labels, task)
+    lab, patients = _read_labels(labels, task)
     names = [s.attrs["slide_name"] for s in slides]
     missing = [n for n in names if n not in lab]
     if missing:
@@ -277,7 +280,8 @@ def train_slide_cmd(stores, labels, task, out, crop, test_crops, epochs, folds, 
         y = np.array([classes.index(str(v)) for v in y_raw])
     else:
         y = np.asarray(y_raw, float)
-    res = cross_validate(slides, y, folds=folds, task=task, crop=crop, n_crops=test_crops, seed=seed, return_models=True, verbose=not quiet, epochs=epochs, width=width, device=device, n_outputs=len(classes) if classes else None)
+    groups = [patients[n] for n in names] if patients else None
+    res = cross_validate(slides, y, folds=folds, task=task, crop=crop, n_crops=test_crops, seed=seed, return_models=True, groups=groups, verbose=not quiet, epochs=epochs, width=width, device=device, n_outputs=len(classes) if classes else None)
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     models = res.pop("models")

@@ -545,11 +545,15 @@ def fold_rotation(folds: int = 4) -> list[tuple[tuple[int, ...], int, int]]:
     return runs
 
 
-def assign_folds(labels: Any, folds: int = 4, *, task: Task = "classification", seed: int = 0) -> np.ndarray:
+def assign_folds(labels: Any, folds: int = 4, *, task: Task = "classification", seed: int = 0, groups: Any = None) -> np.ndarray:
     """Fold index (0..folds-1) of every slide: stratified by class for classification
     (:class:`sklearn.model_selection.StratifiedKFold`), shuffled :class:`~sklearn.model_selection.KFold`
-    for regression; ``seed`` shuffles."""
-    from sklearn.model_selection import KFold, StratifiedKFold
+    for regression; ``seed`` shuffles.
+
+    With ``groups`` (e.g. the patient of each slide) all slides of a group fall in one fold
+    (:class:`~sklearn.model_selection.StratifiedGroupKFold` / ``GroupKFold``), so no patient is
+    both trained and tested on."""
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
     check_task(task)
     y = np.asarray(labels)
@@ -560,7 +564,17 @@ def assign_folds(labels: Any, folds: int = 4, *, task: Task = "classification", 
                                                                          random_state=int(seed) % 2**32)
     fold_of = np.full(n, -1, np.int64)
     split_y = y if task == "classification" else np.zeros(n)
-    for f, (_, test) in enumerate(splitter.split(np.zeros(n), split_y)):
+    if groups is not None:
+        g = np.asarray(groups)
+        if len(g) != n:
+            raise ValueError(f"got {len(g)} groups for {n} slides")
+        if len(set(g.tolist())) < folds:
+            raise ValueError(f"{len(set(g.tolist()))} groups (patients) cannot fill {folds} folds")
+        if task == "classification":
+            splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=int(seed) % 2**32)
+        else:
+            splitter = GroupKFold(n_splits=folds)
+    for f, (_, test) in enumerate(splitter.split(np.zeros(n), split_y, groups)):
         fold_of[test] = f
     return fold_of
 
@@ -576,6 +590,7 @@ def cross_validate(
     tta: bool = True,
     seed: int = 0,
     return_models: bool = False,
+    groups: Any = None,
     verbose: bool = False,
     **fit_kwargs: Any,
 ) -> dict[str, Any]:
@@ -602,6 +617,8 @@ def cross_validate(
         Seeds the folds and every model (run ``i`` trains with ``seed + i``).
     return_models : bool
         Also return the trained models.
+    groups : array_like, optional
+        Patient (or other group) of each slide: a group's slides share one fold.
     verbose : bool
         Progress bar over runs.
     **fit_kwargs
@@ -625,7 +642,7 @@ def cross_validate(
     if len(y) != len(slides):
         raise ValueError(f"got {len(slides)} slides but {len(y)} labels")
     grids = _grids(slides, "slides")
-    fold_of = assign_folds(y, folds, task=task, seed=seed)
+    fold_of = assign_folds(y, folds, task=task, seed=seed, groups=groups)
     rotation = fold_rotation(folds)
     n_outputs = fit_kwargs.pop("n_outputs", None)
     if task == "classification" and n_outputs is None:
