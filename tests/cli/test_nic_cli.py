@@ -124,3 +124,23 @@ def test_analyze_with_nic(cmu_svs, tmp_path):
     thumb = Image.open(folder / "thumbnail.png")
     assert cam.mode == "RGBA" and cam.size == thumb.size  # covers the slide, as the viewer draws it
     assert "Grad-CAM" in (folder / "report.html").read_text()
+
+
+def test_evaluate_encoders_table1_and_record_in_card(tmp_path):
+    from histoscope.models.nic import create_encoder, save_encoder
+
+    enc = save_encoder(create_encoder("vae", code_size=16, patch_size=8, mpp=None, width=8), tmp_path / "digits_vae.pt", card={"seed": 0, "command": "test"})
+    before = json.loads(enc.with_suffix(".json").read_text())
+    out = tmp_path / "t1"
+    r = run("nic", "evaluate-encoders", "--encoder", f"vae={enc}", "--encoder", "mean_rgb", "--task", "digits", "--out", str(out), "--record", "-q")
+    table = pd.read_csv(out / "encoders.csv", index_col=0)
+    assert list(table.index) == ["vae", "mean_rgb"]
+    assert {str(k) for k in range(10)} <= set(table.columns)
+    per_class = table[[str(k) for k in range(10)]].to_numpy()
+    assert ((per_class >= 0) & (per_class <= 1)).all()
+    assert table.loc["vae", "accuracy"] > table.loc["mean_rgb", "accuracy"] + 0.3  # even an untrained conv encoder beats mean RGB on digits
+    after = json.loads(enc.with_suffix(".json").read_text())
+    assert after["sha256"] == before["sha256"]  # the weights are untouched
+    assert after["test_metrics"]["row"][0] == "vae" and "digits" in after["test_metrics"]["task"]
+    assert "| vae |" in enc.with_suffix(".md").read_text()
+    assert "no card beside" in r.output  # mean_rgb has no file: nothing recorded for it

@@ -155,9 +155,10 @@ def train_encoder_cmd(kind, slides, out_path, patch, mpp, code_size, width, patc
 @click.option("--data", type=click.Path(exists=True, path_type=str), default=None, help="glas: the GlaS labels.csv (default ../shared/data/glas/labels.csv).")
 @click.option("--test-patients", default="2,4,9", show_default=True, help="glas: patient ids held out for testing (the colorectal_grader's test patients).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="nic-encoders", show_default=True)
+@click.option("--record", is_flag=True, help="Write each encoder's row into the card beside its file (bundled encoders: their model cards).")
 @quiet
 @seed
-def evaluate_encoders_cmd(encoders, task, data, test_patients, out, quiet, seed) -> None:
+def evaluate_encoders_cmd(encoders, task, data, test_patients, out, record, quiet, seed) -> None:
     """The paper's Table 1: each frozen encoder + a small MLP on a labelled patch task, accuracy per class."""
     from ..models.nic import load_encoder
     from ..train.nic import evaluate_encoders
@@ -188,6 +189,22 @@ def evaluate_encoders_cmd(encoders, task, data, test_patients, out, quiet, seed)
     (outp / "encoders.md").write_text(f"Task: {task}; train {len(train[1])} / test {len(test[1])} patches; seed {seed}\n\n{md}\n")
     click.echo(md)
     click.echo(f"table: {outp / 'encoders.csv'}, {outp / 'encoders.md'}")
+    if record:
+        import sys
+
+        from ..models.nic import bundled_encoder_path, record_encoder_metrics
+
+        command = "histoscope nic " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "histoscope nic evaluate-encoders"
+        for name, enc in named.items():
+            src = dict(e.partition("=")[::2] for e in encoders if "=" in e).get(name, name)
+            path = Path(src) if Path(src).is_file() else bundled_encoder_path(src.removeprefix("nic_"))
+            if not path.with_suffix(".json").is_file():
+                click.echo(f"{name}: no card beside {path}; not recorded")
+                continue
+            row = table.loc[name]
+            tm = {"command": command, "task": f"{task}: train {len(train[1])} / test {len(test[1])} patches, seed {seed}",
+                  "columns": ["encoder", *[str(c) for c in table.columns]], "row": [name, *[v.item() if hasattr(v, "item") else v for v in row.to_numpy()]]}
+            click.echo(f"recorded in {record_encoder_metrics(path, tm)}")
 
 
 def _has_tabulate() -> bool:
@@ -210,6 +227,7 @@ def _glas_patches(data: str | None, P: int, mpp: float | None, test_patients: li
         raise click.UsageError(f"{path}: no GlaS label table (pass --data .../glas/labels.csv)")
     opts = PRESETS["glas"]
     images = read_label_table(path, label_column=opts["label_column"], group_column=opts["group_column"], annotation_column=opts["annotation_column"], classes=opts["classes"], mpp=opts["image_mpp"])
+    mpp = None if mpp is None else max(mpp, images.mpp)  # GlaS is 0.62 um/px: no upsampling
     patches = annotated_patches(images, size=P, mpp=mpp, overlap=0.0, n_random=4, rng=seed)
     malignant = set(opts["positive_classes"])
     xs = []

@@ -556,7 +556,69 @@ def save_encoder(encoder: PatchEncoder, path: str | os.PathLike[str], *, card: d
         jtmp = p.with_name(f".{p.stem}.json.partial")
         jtmp.write_text(json.dumps(meta, indent=2, default=str))
         os.replace(jtmp, p.with_suffix(".json"))
+        _write_text(p.with_suffix(".md"), render_encoder_card(meta))
     return p
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def render_encoder_card(card: dict[str, Any]) -> str:
+    """The readable model card (Markdown) of an encoder's JSON card."""
+    cfg = card.get("config", {})
+    hist = card.get("history") or {}
+    last = {k: v[-1] for k, v in hist.items() if isinstance(v, list) and v and k not in ("epoch", "seconds")}
+    lines = [
+        f"# Encoder card: `{card.get('name')}`",
+        "",
+        f"- Kind: `{cfg.get('kind')}` (Neural Image Compression encoder); code length C = {cfg.get('code_size')}; "
+        f"patches of {cfg.get('patch_size')} px at {cfg.get('mpp')} um/px, RGB in [0, 1]; trunk width {cfg.get('width')}.",
+        f"- Weights: `{card.get('name')}.pt`, {card.get('bytes', 0):,} bytes, SHA-256 `{card.get('sha256')}` (checked on load).",
+        f"- Load: `histoscope.models.nic.load_encoder({str(card.get('name', '')).removeprefix('nic_')!r})`; "
+        f"use: `histoscope nic compress SLIDE --encoder {str(card.get('name', '')).removeprefix('nic_')}`.",
+        "",
+        "## Data",
+        f"- {card.get('patches', 'n/a')} patches sampled in tissue (tissue mask, >= 50% tissue) of: "
+        + ", ".join(f"`{d}`" for d in card.get("data", [])) + ".",
+        "- Licences (see ../shared/data/MANIFEST.md): CMU-1-Small-Region (OpenSlide test data, redistributed freely), "
+        "TCGA-CR-7395 (TCGA open access, NIH GDC), MoNuSeg fields (CC BY-NC-SA 4.0, images from TCGA). Research use.",
+        "- No labels are used.",
+        "",
+        "## Training",
+        f"- Command: `{card.get('command')}`",
+        f"- Seed {card.get('seed')}; settings {cfg.get('train')}.",
+        f"- Last epoch: " + (", ".join(f"{k} {v:.4g}" for k, v in last.items()) if last else "n/a") + ".",
+        "",
+        "## Evaluation (the NIC paper's Table 1: frozen encoder + MLP on a labelled patch task)",
+    ]
+    tm = card.get("test_metrics")
+    if tm:
+        lines += [f"- Command: `{tm.get('command')}`", f"- Task: {tm.get('task')}", "",
+                  "| " + " | ".join(tm["columns"]) + " |", "|" + "---|" * len(tm["columns"]),
+                  "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in tm["row"]) + " |"]
+    else:
+        lines.append("- Not evaluated yet (`histoscope nic evaluate-encoders --encoder FILE --record`).")
+    lines += ["", "## Limits",
+              "- Trained for minutes on a CPU on a few thousand patches of a dozen images: a small, general-purpose H&E encoder",
+              "  for compression experiments, not a foundation model. For research use, not diagnosis.", ""]
+    return "\n".join(lines)
+
+
+def record_encoder_metrics(path: str | os.PathLike[str], test_metrics: dict[str, Any]) -> Path:
+    """Add ``test_metrics`` to the JSON card beside an encoder file and re-render its Markdown card.
+
+    The weights file (and so its SHA-256) is untouched.
+    """
+    p = Path(path)
+    card_path = p.with_suffix(".json")
+    card = _read_card(card_path)
+    card["test_metrics"] = json.loads(json.dumps(test_metrics, default=str))
+    _write_text(card_path, json.dumps(card, indent=2, default=str))
+    _write_text(p.with_suffix(".md"), render_encoder_card(card))
+    return card_path
 
 
 def _device(device: str | torch.device) -> torch.device:
