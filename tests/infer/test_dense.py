@@ -128,14 +128,14 @@ def test_zarr_output_equals_memory_and_reopens(tmp_path):
     z = dense_map(image, model, slide_mpp=0.25, tile=64, out=store)
     assert isinstance(z.probs, zarr.Array) and z.probs.chunks == (16, 16)
     np.testing.assert_array_equal(z.probs[:], mem.probs)
-    assert not (tmp_path / ".map.zarr.tmp").exists()
+    assert not (tmp_path / ".map.zarr.partial").exists()
     again = DenseMap.open(store)
     assert again.shape == mem.shape and again.stride_px == mem.stride_px and again.origin_px == mem.origin_px
     assert again.mpp == pytest.approx(0.25) and again.level0_mpp == pytest.approx(0.25)
     np.testing.assert_array_equal(again.probs[:], mem.probs)
     dense_map(image, model, slide_mpp=0.25, tile=64, out=store)  # an existing store is replaced
     (tmp_path / "notes").mkdir()
-    with pytest.raises(ValueError, match="not a zarr store"):
+    with pytest.raises(ValueError, match="not a dense map"):
         dense_map(image, model, slide_mpp=0.25, tile=64, out=tmp_path / "notes")
 
 

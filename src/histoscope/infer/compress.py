@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,14 +261,9 @@ def compress(
     else:
         import zarr
 
-        final = Path(out)
-        if final.exists() and not _is_compressed(final):
-            raise ValueError(f"{final}: exists and is not a compressed slide; refusing to overwrite it (choose a new path)")
-        if not final.parent.is_dir():
-            raise FileNotFoundError(f"{final.parent}: the folder for the compressed slide does not exist")
-        tmp = final.with_name(f".{final.name}.partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        from ..utils.stores import prepare_store
+
+        final, tmp = prepare_store(out, is_ours=_is_compressed, what="compressed slide")
         g = zarr.open_group(str(tmp), mode="w")
         emb = g.create_array("embeddings", shape=(rows, cols, C), chunks=(chunk, chunk, C), dtype="float32", fill_value=0.0)
         tis = g.create_array("tissue", shape=(rows, cols), chunks=(chunk * 4, chunk * 4), dtype="float32", fill_value=0.0)
@@ -315,9 +309,9 @@ def compress(
     if tmp is None:
         return CompressedSlide(emb, tissue_grid, attrs)
     g.attrs.update(attrs)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    from ..utils.stores import publish_store
+
+    publish_store(tmp, final)
     return CompressedSlide.open(final)
 
 

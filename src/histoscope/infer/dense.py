@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -339,9 +338,9 @@ def dense_map(
         finally:
             model.train(was_training)
         if tmp is not None:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            from ..utils.stores import publish_store
+
+            publish_store(tmp, final)
             import zarr
 
             probs = zarr.open_array(str(final), mode="r")
@@ -357,14 +356,9 @@ def _is_zarr_store(path: Path) -> bool:
 
 def _prepare_store(out: Path) -> tuple[Path, Path]:
     """Check ``out`` and return it with a fresh temporary path beside it."""
-    if out.exists() and not _is_zarr_store(out):
-        raise ValueError(f"{out}: exists and is not a zarr store; refusing to overwrite it (choose a new path, e.g. map.zarr)")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"{out.parent}: the folder for the dense map does not exist")
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    return out, tmp
+    from ..utils.stores import prepare_store
+
+    return prepare_store(out, is_ours=_is_zarr_store, what="dense map")
 
 
 def _create_zarr(path: Path, shape: tuple[int, int], chunks: tuple[int, int], attrs: dict[str, Any]) -> Any:

@@ -622,13 +622,9 @@ def record_encoder_metrics(path: str | os.PathLike[str], test_metrics: dict[str,
 
 
 def _device(device: str | torch.device) -> torch.device:
-    """``"cpu"``, ``"cuda[:i]"`` or ``"auto"`` (CUDA when available)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
-    return dev
+    from ..utils.device import resolve_device
+
+    return resolve_device(device)
 
 
 def _read_card(path: Path) -> dict[str, Any]:

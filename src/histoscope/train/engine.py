@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+
+from ..utils.device import resolve_device  # noqa: F401  (re-exported: histoscope.train.engine.resolve_device)
 from torch.utils.data import DataLoader, Dataset
 
 from ..utils.seed import seed_everything, worker_init_fn
@@ -30,16 +32,6 @@ log = logging.getLogger(__name__)
 
 #: Below this many validation items, checkpoint selection keeps the last epoch.
 MIN_VALIDATION = 32
-
-
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (CUDA when available)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
-    return dev
 
 
 @dataclass
