@@ -259,3 +259,24 @@ def test_kinds_constant_matches_classes():
     assert ENCODER_KINDS == ("mean_rgb", "vae", "contrastive", "bigan", "supervised")
     for cls in (MeanRGBEncoder, VAEEncoder, ContrastiveEncoder, BiGANEncoder, SupervisedEncoder):
         assert cls.kind in ENCODER_KINDS
+
+
+@pytest.mark.parametrize("kind", ["contrastive", "vae", "bigan"])
+def test_the_bundled_encoders_load_checked_and_encode_real_tissue(kind, cmu_svs):
+    """The committed weights: checksum verified, card complete, codes informative on real patches."""
+    from histoscope.models.nic import bundled_encoder_path, load_encoder
+    from histoscope.slide import open_slide
+
+    path = bundled_encoder_path(kind)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["sha256"] == file_sha256(path) and "histoscope nic train-encoder" in card["command"]
+    assert path.stat().st_size < 5_000_000  # small enough to commit
+    enc = load_encoder(kind)
+    assert (enc.kind, enc.code_size, enc.patch_size, enc.mpp) == (kind, 128, 128, 0.5)
+    with open_slide(cmu_svs) as slide:
+        patches = np.stack([slide.read_region((x, y), (128, 128), mpp=0.5) for x, y in [(700, 900), (1000, 1400), (1200, 2200), (60, 60)]])
+    codes = enc.encode_images(patches)
+    assert codes.shape == (4, 128) and np.isfinite(codes).all()
+    np.testing.assert_array_equal(codes, enc.encode_images(patches))  # deterministic
+    d = np.linalg.norm(codes[:, None] - codes[None], axis=2)
+    assert d[np.triu_indices(4, 1)].min() > 1e-3  # distinct patches, distinct codes

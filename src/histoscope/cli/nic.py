@@ -93,11 +93,12 @@ def compress_cmd(slides, encoder, out, patch, stride, min_tissue, batch_size, de
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--gamma", type=float, default=1.0, show_default=True, help="VAE: weight of the KL term.")
 @click.option("--classifier", default=None, help="supervised: a trained tissue classifier (bundled name or `histoscope train tissue` checkpoint); default colorectal_grader.")
+@click.option("--half", is_flag=True, help="Store float16 weights (half the file), as the bundled encoders do.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--slide-mpp", type=float, default=None, help="Microns per pixel of the SLIDES that do not record it (e.g. 0.25 for 40x PNG fields).")
 @quiet
 @seed
-def train_encoder_cmd(kind, slides, out_path, patch, mpp, code_size, width, patches, epochs, batch_size, lr, gamma, classifier, device, slide_mpp, quiet, seed) -> None:
+def train_encoder_cmd(kind, slides, out_path, patch, mpp, code_size, width, patches, epochs, batch_size, lr, gamma, classifier, half, device, slide_mpp, quiet, seed) -> None:
     """Train a patch encoder of KIND on SLIDES (no labels) and write it with a model card.
 
     vae, contrastive and bigan learn from patches sampled in the tissue of SLIDES
@@ -142,7 +143,7 @@ def train_encoder_cmd(kind, slides, out_path, patch, mpp, code_size, width, patc
         enc, history = train_encoder(kind, pool, code_size=code_size, width=width, epochs=epochs, batch_size=batch_size, lr=lr, gamma=gamma, seed=seed, device=device, verbose=not quiet)
         card["history"] = {k: [round(float(x), 5) for x in v] for k, v in history.items()}
         card["patches"] = len(pool)
-    path = save_encoder(enc, out_path, card=card)
+    path = save_encoder(enc, out_path, card=card, half=half)
     click.echo(f"{kind} encoder (C = {enc.code_size}, P = {enc.patch_size} px at {enc.mpp} um/px) -> {path}")
 
 
@@ -153,12 +154,13 @@ def train_encoder_cmd(kind, slides, out_path, patch, mpp, code_size, width, patc
 @click.option("--encoder", "encoders", multiple=True, required=True, help="Encoder name or file (repeat). 'NAME=FILE' gives it a row name.")
 @click.option("--task", type=click.Choice(["glas", "digits"]), default="glas", show_default=True, help="glas: benign vs malignant GlaS gland patches, patient-held-out test; digits: scikit-learn's 8x8 digits.")
 @click.option("--data", type=click.Path(exists=True, path_type=str), default=None, help="glas: the GlaS labels.csv (default ../shared/data/glas/labels.csv).")
-@click.option("--test-patients", default="2,4,9", show_default=True, help="glas: patient ids held out for testing (the colorectal_grader's test patients).")
+@click.option("--folds", type=click.IntRange(min=2), default=4, show_default=True, help="glas: patient-grouped cross-validation folds; the table pools the test predictions of all folds.")
+@click.option("--test-patients", default=None, help="glas: one split instead of folds, these patient ids held out (e.g. 2,4,9).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="nic-encoders", show_default=True)
 @click.option("--record", is_flag=True, help="Write each encoder's row into the card beside its file (bundled encoders: their model cards).")
 @quiet
 @seed
-def evaluate_encoders_cmd(encoders, task, data, test_patients, out, record, quiet, seed) -> None:
+def evaluate_encoders_cmd(encoders, task, data, folds, test_patients, out, record, quiet, seed) -> None:
     """The paper's Table 1: each frozen encoder + a small MLP on a labelled patch task, accuracy per class."""
     from ..models.nic import load_encoder
     from ..train.nic import evaluate_encoders
@@ -180,13 +182,29 @@ def evaluate_encoders_cmd(encoders, task, data, test_patients, out, record, quie
         if len(sizes) > 1:
             raise click.UsageError(f"encoders of different patch sizes / resolutions cannot share one patch set: {sorted(sizes, key=str)}")
         P, mpp = next(iter(sizes)) if sizes else (128, 0.5)
-        train, test, classes = _glas_patches(data, P, mpp, [p.strip() for p in test_patients.split(",") if p.strip()], seed)
-    table = evaluate_encoders(named, train, test, classes, seed=seed, verbose=not quiet)
+        X, y, patients, classes = _glas_patches(data, P, mpp, seed)
+        if test_patients:
+            held = np.isin(patients, [p.strip() for p in test_patients.split(",") if p.strip()])
+            if not held.any() or held.all():
+                raise click.UsageError(f"test patients {test_patients} leave an empty train or test set (patients: {sorted(set(patients))})")
+            splits = [(np.flatnonzero(~held), np.flatnonzero(held))]
+        else:
+            from sklearn.model_selection import StratifiedGroupKFold
+
+            splits = list(StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(X, y, patients))
+    if task == "digits":
+        table = evaluate_encoders(named, train, test, classes, seed=seed, verbose=not quiet)
+        n_train, n_test = len(train[1]), len(test[1])
+    else:
+        tables = [evaluate_encoders(named, (X[tr], y[tr]), (X[te], y[te]), classes, seed=seed, verbose=not quiet) for tr, te in splits]
+        table = _pool_folds(tables, [y[te] for _, te in splits], classes)
+        n_train, n_test = int(np.mean([len(tr) for tr, _ in splits])), len(y)
+        task = f"glas benign vs malignant, {len(splits)} patient-grouped fold(s), {len(set(patients))} patients"
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     table.to_csv(outp / "encoders.csv")
     md = table.to_markdown(floatfmt=".3f") if _has_tabulate() else table.to_string(float_format=lambda v: f"{v:.3f}")
-    (outp / "encoders.md").write_text(f"Task: {task}; train {len(train[1])} / test {len(test[1])} patches; seed {seed}\n\n{md}\n")
+    (outp / "encoders.md").write_text(f"Task: {task}; train {n_train} / test {n_test} patches; seed {seed}\n\n{md}\n")
     click.echo(md)
     click.echo(f"table: {outp / 'encoders.csv'}, {outp / 'encoders.md'}")
     if record:
@@ -202,7 +220,7 @@ def evaluate_encoders_cmd(encoders, task, data, test_patients, out, record, quie
                 click.echo(f"{name}: no card beside {path}; not recorded")
                 continue
             row = table.loc[name]
-            tm = {"command": command, "task": f"{task}: train {len(train[1])} / test {len(test[1])} patches, seed {seed}",
+            tm = {"command": command, "task": f"{task}: train {n_train} / test {n_test} patches, seed {seed}",
                   "columns": ["encoder", *[str(c) for c in table.columns]], "row": [name, *[v.item() if hasattr(v, "item") else v for v in row.to_numpy()]]}
             click.echo(f"recorded in {record_encoder_metrics(path, tm)}")
 
@@ -215,11 +233,30 @@ def _has_tabulate() -> bool:
     return True
 
 
-def _glas_patches(data: str | None, P: int, mpp: float | None, test_patients: list[str], seed: int):
-    """Benign / malignant patches of GlaS gland annotations, split by patient."""
+def _pool_folds(tables: list, tests: list[np.ndarray], classes: list[str]):
+    """One Table 1 from per-fold tables: per-class accuracies pooled over all test patches."""
+    import pandas as pd
+
+    rows = {}
+    for name in tables[0].index:
+        correct = np.zeros(len(classes))
+        support = np.zeros(len(classes))
+        for t, yt in zip(tables, tests):
+            n = np.bincount(yt, minlength=len(classes)).astype(float)
+            acc = np.array([t.loc[name, c] if n[k] else 0.0 for k, c in enumerate(classes)], float)
+            correct += np.nan_to_num(acc) * n
+            support += n
+        per = correct / np.maximum(support, 1)
+        rows[name] = {**dict(zip(classes, per)), "accuracy": correct.sum() / support.sum(), "balanced_accuracy": per.mean(),
+                      "code_size": int(tables[0].loc[name, "code_size"]), "n_test": int(support.sum())}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("encoder")
+
+
+def _glas_patches(data: str | None, P: int, mpp: float | None, seed: int):
+    """Benign / malignant patches of GlaS gland annotations, with each patch's patient."""
+    from ..slide.reader import open_slide
     from ..tiles.extract import iter_tiles
     from ..tiles.labelled import annotated_patches, read_label_table
-    from ..slide.reader import open_slide
     from ..train.tissue import PRESETS
 
     path = Path(data) if data else Path(__file__).resolve().parents[3].parent / "shared" / "data" / "glas" / "labels.csv"
@@ -237,10 +274,7 @@ def _glas_patches(data: str | None, P: int, mpp: float | None, test_patients: li
     order = dict(xs)
     X = np.stack([order[i] for i in patches.index])
     y = np.array([1 if lab in malignant else 0 for lab in patches["label"]])
-    test = patches["group"].astype(str).isin(test_patients).to_numpy()
-    if not test.any() or test.all():
-        raise click.UsageError(f"test patients {test_patients} leave an empty train or test set (patients: {sorted(set(patches['group'].astype(str)))})")
-    return (X[~test], y[~test]), (X[test], y[test]), ["benign", "malignant"]
+    return X, y, patches["group"].astype(str).to_numpy(), ["benign", "malignant"]
 
 
 # ------------------------------------------------------------------ train (slide CNN)

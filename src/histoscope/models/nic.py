@@ -522,14 +522,16 @@ def _from_config(config: dict[str, Any], *, where: str) -> PatchEncoder:
 
 
 # ---------------------------------------------------------------------------- files
-def save_encoder(encoder: PatchEncoder, path: str | os.PathLike[str], *, card: dict[str, Any] | None = None) -> Path:
+def save_encoder(encoder: PatchEncoder, path: str | os.PathLike[str], *, card: dict[str, Any] | None = None, half: bool = False) -> Path:
     """Write ``encoder`` to ``path`` (atomically): a ``torch.save`` of a plain dict.
 
     The dict is ``{"format": "histoscope-nic-encoder/1", "kind", "config", "state_dict",
     "card"}`` (tensors, strings, numbers only), readable with ``weights_only=True``.
     With ``card``, a JSON card ``<path>.json`` is written beside it with the file's
     ``sha256``, ``bytes``, ``config`` and the card's entries: exactly a bundle as
-    :func:`load_encoder` expects it in ``models/weights/nic_<kind>.pt``.
+    :func:`load_encoder` expects it in ``models/weights/nic_<kind>.pt``. With ``half``,
+    floating-point tensors are stored as float16 (half the file; loading casts them back to
+    float32), as the bundled encoders are.
 
     Returns
     -------
@@ -545,7 +547,7 @@ def save_encoder(encoder: PatchEncoder, path: str | os.PathLike[str], *, card: d
         "format": ENCODER_FORMAT,
         "kind": encoder.kind,
         "config": config,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()},
+        "state_dict": {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu().clone()) for k, v in encoder.state_dict().items()},
         "card": json.loads(json.dumps(card or {}, default=str)),
     }
     tmp = p.with_name(f".{p.name}.partial")
@@ -598,7 +600,8 @@ def render_encoder_card(card: dict[str, Any]) -> str:
     if tm:
         lines += [f"- Command: `{tm.get('command')}`", f"- Task: {tm.get('task')}", "",
                   "| " + " | ".join(tm["columns"]) + " |", "|" + "---|" * len(tm["columns"]),
-                  "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in tm["row"]) + " |"]
+                  "| " + " | ".join(str(int(v)) if c in ("code_size", "n_test") else f"{v:.3f}" if isinstance(v, float) else str(v)
+                                    for c, v in zip(tm["columns"], tm["row"])) + " |"]
     else:
         lines.append("- Not evaluated yet (`histoscope nic evaluate-encoders --encoder FILE --record`).")
     lines += ["", "## Limits",
