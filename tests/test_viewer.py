@@ -34,7 +34,7 @@ def _get(url: str) -> tuple[int, bytes, str]:
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
-    """A real report: the TCGA slide analysed at 40x (tissue classes, mitoses, hotspot)."""
+    """A real report: the TCGA slide analysed at 40x (tissue classes, mitoses, hotspot, NIC embedding)."""
     from histoscope.analyze import AnalysisConfig, analyze_slide
     from histoscope.models.pretrained import list_pretrained
     from tests.conftest import shared_path
@@ -43,7 +43,7 @@ def report_dir(tmp_path_factory):
     if not {"colorectal_grader", "mitosis_detector"} <= set(list_pretrained()):
         pytest.skip("bundled models missing")
     out = tmp_path_factory.mktemp("report")
-    analyze_slide(src, out, config=AnalysisConfig(slide_mpp=0.25))
+    analyze_slide(src, out, config=AnalysisConfig(slide_mpp=0.25, nic_encoder="mean_rgb"))
     return out / "tcga-cr-7395-01a-01-ts1"
 
 
@@ -112,6 +112,9 @@ def test_routes_answer_and_refuse_what_lies_outside(server, report_dir):
     for name in ("classes", "tissue"):
         status, body, ctype = _get(f"{srv.url}/overlay/{name}.png")
         assert status == 200 and Image.open(io.BytesIO(body)).mode == "RGBA"
+    assert ov["embedding"]["width"] == data.slide.dimensions[0] and ov["gradcam"] is None
+    status, body, _ = _get(srv.url + ov["embedding"]["image"])
+    assert status == 200 and Image.open(io.BytesIO(body)).size == Image.open(data.report_dir / "thumbnail.png").size
 
 
 def test_a_bare_slide_and_bad_sources(tmp_path, cmu_svs):
@@ -167,7 +170,7 @@ def test_page_in_a_real_browser_zooms_and_toggles(server, tmp_path):
             page.wait_for_selector("body[data-ready='1']", timeout=60_000)
             page.wait_for_function("window.histoscopeViewer.world.getItemAt(0).getFullyLoaded()", timeout=60_000)
             assert page.inner_text("#title") == data.slide.name
-            assert page.locator("#toggles input").count() == 4  # tissue, classes, mitoses, hotspot
+            assert page.locator("#toggles input").count() == 5  # tissue, classes, mitoses, hotspot, NIC embedding
             assert page.locator(".mitosis").count() == data.summary["mitosis"]["detections"]
             assert not any(lvl == top for lvl, *_ in served)  # the overview needs no full-resolution tile
             # zoom to full resolution (1 screen px per slide px) on the first detection

@@ -267,6 +267,9 @@ class ViewerData:
         out["gradcam"] = None
         if self.report_dir is not None and (self.report_dir / "gradcam.png").is_file():
             out["gradcam"] = {"image": "/report/gradcam.png", "x": 0, "y": 0, "width": W, "height": H}
+        out["embedding"] = None
+        if self.report_dir is not None and (self.report_dir / "embedding.png").is_file():
+            out["embedding"] = {"image": "/report/embedding.png", "x": 0, "y": 0, "width": W, "height": H}
         return out
 
 

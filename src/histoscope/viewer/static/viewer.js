@@ -100,6 +100,11 @@
       elementLayer("hotspot", [el]);
       addToggle("hotspot", `Hotspot (2 mm², count ${h.count})`, true);
     }
+    if (ov.embedding) {
+      await imageLayer("embedding", ov.embedding, () => opacity);
+      addToggle("embedding", "NIC embedding (PCA)", false);
+      layers.embedding.set(false);
+    }
     if (ov.gradcam) {
       await imageLayer("gradcam", ov.gradcam, () => opacity);
       addToggle("gradcam", "Grad-CAM", false);
