@@ -295,7 +295,7 @@ def _nic_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config: Ana
             if model.in_channels != C:
                 raise ValueError(f"{config.slide_model}: the slide model takes C = {model.in_channels} codes, the {config.nic_encoder} encoder gives {C}")
             scores = np.asarray(predict_slides(model, [comp], crop=None, seed=config.seed))[0]
-            heat = slide_gradcam(model, comp.load())
+            heat = slide_gradcam(model, comp.load(), tissue=comp.tissue)
             heat_img = comp.to_slide_image(heat, (w, h), fill=0.0).astype(np.float32)
             over = overlay_heatmap(thumb, heat_img, alpha=0.45)
             import matplotlib
@@ -304,6 +304,7 @@ def _nic_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config: Ana
             rgba[..., 3] = np.round(np.clip(heat_img, 0, 1) * 200).astype(np.uint8)
             Image.fromarray(rgba, "RGBA").save(work / "gradcam.png")  # the viewer's Grad-CAM layer
         mcard = getattr(model, "card", None) or {}
+        info["slide model"] = f"{config.slide_model}" + (f" (trained on {mcard['data']})" if mcard.get("data") else "")
         classes = mcard.get("classes") or [str(k) for k in range(len(np.atleast_1d(scores)))]
         if model.task == "classification":
             pred = {c: float(v) for c, v in zip(classes, np.atleast_1d(scores))}

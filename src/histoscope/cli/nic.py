@@ -414,7 +414,7 @@ def _gradcam_figures(model, s, outp: Path, slide_dir: str | None) -> list:
     from ..nic.gradcam import gradcam_overlay, slide_gradcam
     from ..slide.reader import open_slide
 
-    heat = slide_gradcam(model, s.load())
+    heat = slide_gradcam(model, s.load(), tissue=s.tissue)
     name = s.attrs["slide_name"]
     src = Path(s.attrs["slide"]) if s.attrs.get("slide") else None
     if slide_dir and src is not None:

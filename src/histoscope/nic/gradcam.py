@@ -46,6 +46,7 @@ def slide_gradcam(
     *,
     target: int | None = None,
     tta: bool = False,
+    tissue: np.ndarray | None = None,
 ) -> np.ndarray:
     """Grad-CAM on the first layer of the slide CNN over a whole grid (paper eq. 7).
 
@@ -62,6 +63,9 @@ def slide_gradcam(
     tta : bool
         Average the maps of the 8 rotations / mirrors of the grid, each mapped back to
         the grid's orientation, then divide by the maximum.
+    tissue : numpy.ndarray, optional
+        ``(H, W)`` tissue fraction: cells without tissue get 0 (the first layer's response
+        to an empty cell is a bias, not evidence found in the slide).
 
     Returns
     -------
@@ -91,6 +95,11 @@ def slide_gradcam(
         m = grad_cam(model, d4(x, k), target_layer=model.first_layer, target=target)[0]
         maps.append(d4_inverse(m, k))
     heat = torch.stack(maps).mean(0).cpu().numpy().astype(np.float32)
+    if tissue is not None:
+        t = np.asarray(tissue)
+        if t.shape != heat.shape:
+            raise ValueError(f"tissue must have the grid's shape {heat.shape}, got {t.shape}")
+        heat = np.where(t > 0, heat, 0.0).astype(np.float32)
     top = float(heat.max())
     return heat / top if top > 0 else np.zeros_like(heat)
 

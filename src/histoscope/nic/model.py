@@ -193,7 +193,10 @@ class SlideCNN(nn.Module):
             )
         if min(x.shape[-2:]) < self.min_size:
             raise ValueError(f"the grid must be at least {self.min_size} x {self.min_size}, got {tuple(x.shape[-2:])}")
-        x = (x - self.input_mean[:, None, None]) / self.input_std[:, None, None]
+        # background cells (codes all zero: not encoded, or padding) stay zero, so "no tissue"
+        # looks the same before and after standardisation
+        occupied = (x != 0).any(dim=1, keepdim=True).to(x.dtype)
+        x = (x - self.input_mean[:, None, None]) / self.input_std[:, None, None] * occupied
         return self.features(x)
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
