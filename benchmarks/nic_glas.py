@@ -3,9 +3,9 @@
 Each GlaS image (../shared/data/glas, 20x, 0.62 um/px, about 0.5 x 0.3 mm) is treated as a
 small slide: compressed with every encoder (P = 128 px at the images' own 0.62 um/px, since
 histoscope does not upsample, while the encoders were trained at 0.5 um/px; stride 64 px, so
-a grid of about 11 x 7 cells), then the slide CNN is cross-validated with the paper's 4-fold
-rotation (2 train, 1 validation, 1 test folds), **folds grouped by patient** (the 16 GlaS
-patients; no patient in both training and test), with random 8 x 8 crops during training
+a grid of 8 x 12 cells), then the slide CNN is cross-validated with the paper's 4-fold
+rotation (2 train, 1 validation, 1 test folds), **folds grouped by patient** (the 12 GlaS
+patients here; no patient in both training and test), with random 8 x 8 crops during training
 and T = 8 crops x 8 orientations at test. Pooled test AUC and accuracy per encoder; the
 Grad-CAM of the first layer drawn over a few test images. The encoders' Table 1 (frozen
 encoder + MLP on patient-held-out GlaS patches) is `histoscope nic evaluate-encoders`.
