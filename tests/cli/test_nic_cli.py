@@ -144,3 +144,15 @@ def test_evaluate_encoders_table1_and_record_in_card(tmp_path):
     assert after["test_metrics"]["row"][0] == "vae" and "digits" in after["test_metrics"]["task"]
     assert "| vae |" in enc.with_suffix(".md").read_text()
     assert "no card beside" in r.output  # mean_rgb has no file: nothing recorded for it
+
+
+def test_compress_on_a_dask_cluster_equals_in_process(tmp_path):
+    paths, _ = _fields(tmp_path, 3, size=192)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run("nic", "compress", *map(str, paths), "--encoder", "mean_rgb", "--patch", "32", "--out", str(one), "--slide-mpp", "0.5", "--workers", "1", "-q")
+    run("nic", "compress", *map(str, paths), "--encoder", "mean_rgb", "--patch", "32", "--out", str(two), "--slide-mpp", "0.5", "--workers", "2", "-q")
+    for p in paths:
+        a, b = CompressedSlide.open(one / f"{p.stem}.zarr"), CompressedSlide.open(two / f"{p.stem}.zarr")
+        assert a.shape == b.shape == (6, 6, 3)
+        np.testing.assert_array_equal(a.load(), b.load())
+        np.testing.assert_array_equal(a.tissue, b.tissue)
