@@ -20,7 +20,7 @@ Writes ``<out>/nic_digits.json``, ``table1.md``, ``accuracy_vs_size.png`` and
 ``gradcam_examples.png``. Usage (the defaults reproduce the closing note of issue 7)::
 
     .venv/bin/python benchmarks/nic_digits.py [--encoders supervised,contrastive]
-        [--train 320 --val 80 --test 160 --size 384] [--seed 0] [--out benchmarks/out/nic_digits] [--quiet]
+        [--train 400 --val 100 --test 200 --size 384 --epochs 80] [--seed 0] [--out benchmarks/out/nic_digits] [--quiet]
 """
 
 from __future__ import annotations
@@ -71,16 +71,16 @@ def train_encoders(kinds: list[str], images: list[np.ndarray], args, log) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoders", default="supervised,contrastive")
-    ap.add_argument("--train", type=int, default=320)
-    ap.add_argument("--val", type=int, default=80)
-    ap.add_argument("--test", type=int, default=160)
+    ap.add_argument("--train", type=int, default=400)
+    ap.add_argument("--val", type=int, default=100)
+    ap.add_argument("--test", type=int, default=200)
     ap.add_argument("--size", type=int, default=384, help="image side in px (paper: 3600)")
     ap.add_argument("--code-size", type=int, default=32)
     ap.add_argument("--encoder-width", type=int, default=16)
     ap.add_argument("--encoder-epochs", type=int, default=5)
     ap.add_argument("--encoder-images", type=int, default=40)
     ap.add_argument("--encoder-patches", type=int, default=20000)
-    ap.add_argument("--epochs", type=int, default=40, help="slide CNN epochs")
+    ap.add_argument("--epochs", type=int, default=80, help="slide CNN epochs")
     ap.add_argument("--width", type=int, default=32, help="slide CNN width")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "nic_digits"))
