@@ -68,8 +68,18 @@ def test_train_encoder_compress_train_predict(tmp_path):
     assert cv["classes"] == ["blob", "plain"] and len(cv["per_fold"]) == 4
     assert sorted(i for f in cv["per_fold"] for i in f["test_index"]) == list(range(12))  # each slide tested once
     preds = tmp_path / "preds"
-    run("nic", "predict", *map(str, stores[:3]), "--model", str(model_dir / "fold0.pt"), "--out", str(preds), "-q")
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(truth / "field00.png")  # everything: Jaccard = mask area share
+    run("nic", "predict", *map(str, stores[:3]), "--model", str(model_dir / "fold0.pt"), "--out", str(preds), "--truth-masks", str(truth), "-q")
     table = pd.read_csv(preds / "predictions.csv")
+    from histoscope.nic.gradcam import postprocess, slide_gradcam
+    from histoscope.nic.model import load_slide_model
+
+    c0 = CompressedSlide.open(stores[0])
+    cam_mask = postprocess(slide_gradcam(load_slide_model(model_dir / "fold0.pt"), c0.load(), tissue=c0.tissue), tissue=c0.tissue)
+    assert table.loc[0, "gradcam_jaccard"] == pytest.approx(cam_mask.mean())
+    assert table["gradcam_jaccard"].iloc[1:].isna().all()  # no mask for those slides
     assert list(table["slide"]) == [s.stem for s in stores[:3]]
     np.testing.assert_allclose(table[["p_blob", "p_plain"]].sum(axis=1), 1.0, atol=1e-5)
     over = np.asarray(Image.open(preds / "field00-gradcam.png"))

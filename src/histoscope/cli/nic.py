@@ -367,9 +367,10 @@ def _jsonable(v: Any) -> Any:
 @click.option("--test-crops", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--gradcam/--no-gradcam", default=True, show_default=True, help="Grad-CAM overlay of the first layer on the slide thumbnail.")
 @click.option("--slide-dir", type=click.Path(exists=True, file_okay=False, path_type=str), default=None, help="Where the slides are, when they moved since compression.")
+@click.option("--truth-masks", type=click.Path(exists=True, file_okay=False, path_type=str), default=None, help="Folder of <slide>.png ground-truth masks (any size, covering the slide): the post-processed Grad-CAM's Jaccard index goes in the table.")
 @quiet
 @seed
-def predict_cmd(stores, model_path, out, crop, test_crops, gradcam, slide_dir, quiet, seed) -> None:
+def predict_cmd(stores, model_path, out, crop, test_crops, gradcam, slide_dir, truth_masks, quiet, seed) -> None:
     """Slide-level predictions of compressed slides (+ Grad-CAM overlays and a report)."""
     import pandas as pd
 
@@ -393,12 +394,19 @@ def predict_cmd(stores, model_path, out, crop, test_crops, gradcam, slide_dir, q
         else:
             row["prediction"] = float(sc[0])
         rows.append(row)
+    figures = []
+    if gradcam or truth_masks:
+        from ..nic.gradcam import jaccard, postprocess, slide_gradcam
+
+        for s, row in zip(slides, rows):
+            heat = slide_gradcam(model, s.load(), tissue=s.tissue)
+            if gradcam:
+                figures += _gradcam_figures(heat, s, outp, slide_dir)
+            if truth_masks:
+                truth = _truth_on_grid(Path(truth_masks) / f"{row['slide']}.png", s)
+                row["gradcam_jaccard"] = float("nan") if truth is None else jaccard(postprocess(heat, tissue=s.tissue), truth)
     table = pd.DataFrame(rows)
     table.to_csv(outp / "predictions.csv", index=False)
-    figures = []
-    if gradcam:
-        for s in slides:
-            figures += _gradcam_figures(model, s, outp, slide_dir)
     from ..report.html import write_report
 
     write_report(outp / "report.html", title="Slide-level predictions (NIC)", subtitle=f"model {model_path}", figures=figures,
@@ -407,14 +415,33 @@ def predict_cmd(stores, model_path, out, crop, test_crops, gradcam, slide_dir, q
     click.echo(f"predictions: {outp / 'predictions.csv'}; report: {outp / 'report.html'}")
 
 
-def _gradcam_figures(model, s, outp: Path, slide_dir: str | None) -> list:
+def _truth_on_grid(path: Path, s) -> np.ndarray | None:
+    """A ground-truth mask image (covering the slide) sampled at the grid's cell centres; None when absent."""
+    from PIL import Image
+
+    if not path.is_file():
+        click.echo(f"{path}: no ground-truth mask; Jaccard left empty", err=True)
+        return None
+    try:
+        mask = np.asarray(Image.open(path).convert("L")) > 0
+    except Exception as exc:  # noqa: BLE001 - name the file
+        raise click.UsageError(f"{path}: not a readable mask image ({exc})") from None
+    rows, cols = s.shape[:2]
+    x, y = s.cell_to_level0(np.arange(rows)[:, None], np.arange(cols)[None, :])
+    W, H = s.attrs["slide_dimensions"]
+    mh, mw = mask.shape
+    u = np.clip((x * mw / W).astype(int), 0, mw - 1)
+    v = np.clip((y * mh / H).astype(int), 0, mh - 1)
+    return mask[v, u]
+
+
+def _gradcam_figures(heat: np.ndarray, s, outp: Path, slide_dir: str | None) -> list:
     from PIL import Image
 
     from ..infer.compress import embedding_rgb
-    from ..nic.gradcam import gradcam_overlay, slide_gradcam
+    from ..nic.gradcam import gradcam_overlay
     from ..slide.reader import open_slide
 
-    heat = slide_gradcam(model, s.load(), tissue=s.tissue)
     name = s.attrs["slide_name"]
     src = Path(s.attrs["slide"]) if s.attrs.get("slide") else None
     if slide_dir and src is not None:
