@@ -40,3 +40,15 @@ def tcga_svs() -> Path:
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module: tiny tensors run as fast on one, and two OpenMP
+    threads on a busy 2-core machine were measured 15x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -75,13 +75,7 @@ class ResNetAdapter(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast, and two OpenMP threads on a busy 2-core machine are 15x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def seeded(factory, seed: int = 0):

@@ -44,13 +44,7 @@ CODE = np.random.default_rng(123).choice([-2.0, 2.0], C).astype(np.float32)
 FAST = dict(crop=R, width=16, depth=3, batch_size=16, lr=5e-3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread is also faster for these small convolutions."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def planted(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, int, np.ndarray]]:
