@@ -363,3 +363,62 @@ def test_soft_targets_train_towards_the_given_probabilities(tmp_path):
     fit(model, soft, soft_val, cfg(epochs=8, lr=1e-2, select="val_loss"), tmp_path, verbose=False)
     probs, _ = predict(model, TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
     assert probs[:, 1].mean() == pytest.approx(0.8, abs=0.1)
+
+
+# --------------------------------------------------------------------------- safe loading
+
+
+class _Payload:
+    """An object whose unpickling runs code: here, it creates a marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoints_load_without_pickle(trained):
+    _, _, out = trained
+    for name in ("best.pt", "last.pt"):
+        ck = torch.load(out / name, map_location="cpu", weights_only=True)  # the trusted reference: no pickle allowed
+        assert "model" in ck and "config" in ck
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert isinstance(last["rng"]["numpy"]["keys"], torch.Tensor) and len(last["history"]) == 4
+
+
+def test_a_pickled_checkpoint_runs_nothing_unless_trusted(trained, tmp_path, monkeypatch):
+    from histoscope.exceptions import ModelFileError
+    from histoscope.models.pretrained import resolve_model
+
+    monkeypatch.delenv("HISTOSCOPE_TRUST_CHECKPOINT", raising=False)
+    _, _, out = trained
+    ck = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({**ck, "extra": _Payload(str(marker))}, evil)
+    for load in (lambda: load_checkpoint(evil), lambda: resolve_model(str(evil))):
+        with pytest.raises(ModelFileError, match=r"evil\.pt: this checkpoint needs Python's pickle.*--trust-checkpoint"):
+            load()
+    assert not marker.exists()
+    model = load_checkpoint(evil, trust=True)  # the user vouches for the file: it loads (and its code runs)
+    assert marker.exists() and not model.training
+    marker.unlink()
+    monkeypatch.setenv("HISTOSCOPE_TRUST_CHECKPOINT", "1")  # what `histoscope --trust-checkpoint` sets
+    resolve_model(str(evil))
+    assert marker.exists()
+
+
+def test_the_cli_refuses_a_pickled_checkpoint_in_one_line(trained, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from histoscope.cli.main import cli
+
+    monkeypatch.delenv("HISTOSCOPE_TRUST_CHECKPOINT", raising=False)
+    _, _, out = trained
+    ck = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    evil = tmp_path / "evil.pt"
+    torch.save({**ck, "extra": _Payload(str(tmp_path / "code-ran"))}, evil)
+    r = CliRunner().invoke(cli, ["serve", "--model", str(evil), "--port", "0"], catch_exceptions=False)
+    assert r.exit_code == 2 and "--trust-checkpoint" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "code-ran").exists()

@@ -25,8 +25,13 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="histoscope")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("--trust-checkpoint", is_flag=True, help="Load model checkpoints that need Python's pickle (it can run code in the file: only for files you trust).")
+def cli(verbose: int, trust_checkpoint: bool) -> None:
     """histoscope: deep learning on H&E histopathology slides."""
+    import os
+
+    if trust_checkpoint:  # read by histoscope.train.engine.read_checkpoint, also in Dask workers
+        os.environ["HISTOSCOPE_TRUST_CHECKPOINT"] = "1"
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 

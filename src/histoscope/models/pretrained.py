@@ -56,8 +56,12 @@ def load_pretrained(name: str, *, device: str = "cpu") -> torch.nn.Module:
     return model.to(device).eval()
 
 
-def resolve_model(model: str | os.PathLike[str] | torch.nn.Module, *, device: str = "cpu") -> torch.nn.Module:
-    """A model in eval mode from a bundled name, a training checkpoint path (``best.pt``) or a module."""
+def resolve_model(model: str | os.PathLike[str] | torch.nn.Module, *, device: str = "cpu", trust: bool | None = None) -> torch.nn.Module:
+    """A model in eval mode from a bundled name, a training checkpoint path (``best.pt``) or a module.
+
+    Checkpoints are read without running code in them; ``trust`` (or ``--trust-checkpoint``)
+    allows a pickled one (see :func:`histoscope.train.engine.read_checkpoint`).
+    """
     if isinstance(model, torch.nn.Module):
         return model.to(device).eval()
     name = str(model)
@@ -66,7 +70,7 @@ def resolve_model(model: str | os.PathLike[str] | torch.nn.Module, *, device: st
     if os.path.isfile(name):
         from ..train.engine import load_checkpoint
 
-        return load_checkpoint(name, device=device)
+        return load_checkpoint(name, device=device, trust=trust)
     raise ValueError(f"no model {name!r}: not a bundled model ({', '.join(list_pretrained())}) nor a checkpoint file")
 
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..utils.seed import seed_everything, worker_init_fn
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "predict", "load_checkpoint", "resolve_device"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "predict", "load_checkpoint", "read_checkpoint", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,20 @@ def predict(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 64, d
     return probs, labels
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays and tuples turned into Python numbers, lists and tensors,
+    so that the checkpoint loads with ``torch.load(weights_only=True)``."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def _save(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     torch.save(payload, tmp)
@@ -232,15 +246,71 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 def _rng_state() -> dict[str, Any]:
     import random
 
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     import random
 
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n, py = state["numpy"], state["python"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss_next"]))
+
+
+def trust_checkpoints_by_default() -> bool:
+    """Whether pickled checkpoints are loaded without asking: the ``--trust-checkpoint`` option of
+    the ``histoscope`` command (environment ``HISTOSCOPE_TRUST_CHECKPOINT=1``)."""
+    return os.environ.get("HISTOSCOPE_TRUST_CHECKPOINT", "") == "1"
+
+
+def read_checkpoint(path: str | os.PathLike[str], *, trust: bool | None = None, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a histoscope checkpoint without executing code in it.
+
+    Checkpoints written by this version hold only tensors, numbers, strings, lists and
+    dicts and load with ``torch.load(weights_only=True)``. A file that needs pickle (an old
+    checkpoint, a checkpoint from elsewhere, or a malicious file) is refused with
+    :class:`~histoscope.exceptions.ModelFileError` unless ``trust`` is True (default:
+    :func:`trust_checkpoints_by_default`), because unpickling can run arbitrary code.
+    """
+    import pickle
+
+    from ..exceptions import ModelFileError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such checkpoint")
+    trust = trust_checkpoints_by_default() if trust is None else trust
+    import zipfile
+
+    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; anything else is not a checkpoint of ours
+        raise ModelFileError(f"{p}: not a readable PyTorch checkpoint (not the zip archive torch.save writes)")
+    try:
+        ck = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(
+                f"{p}: this checkpoint needs Python's pickle to load, which can run arbitrary code, so it is refused "
+                f"({first[:160]}). If you made this file or trust where it came from, pass --trust-checkpoint "
+                f"(trust=True in Python)."
+            ) from None
+        log.warning("%s: loading a pickled checkpoint because it is trusted (--trust-checkpoint)", p)
+        try:
+            ck = torch.load(p, map_location=map_location, weights_only=False)
+        except Exception as exc2:  # noqa: BLE001 - name the file
+            raise ModelFileError(f"{p}: not a readable PyTorch checkpoint ({exc2.__class__.__name__}: {exc2})") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, not a zip/pickle at all, ...
+        raise ModelFileError(f"{p}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(ck, dict):
+        raise ModelFileError(f"{p}: not a histoscope checkpoint (a {type(ck).__name__}, not a dict)")
+    return ck
 
 
 def fit(
@@ -296,7 +366,7 @@ def fit(
     last_path, best_path = out / "last.pt", out / "best.pt"
     model_cfg = model.config.to_dict() if hasattr(model, "config") and hasattr(model.config, "to_dict") else None
     if resume and last_path.is_file():
-        ck = torch.load(last_path, map_location=device, weights_only=False)
+        ck = read_checkpoint(last_path, map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         history = ck["history"]
@@ -359,19 +429,19 @@ def fit(
             score = (float(epoch), 0.0)
         if best_score is None or score > best_score:
             best_score, best_epoch = score, epoch + 1
-            _save(best_path, {"model": model.state_dict(), "config": model_cfg, "epoch": epoch + 1, "metrics": row})
+            _save(best_path, {"model": model.state_dict(), "config": model_cfg, "epoch": epoch + 1, "metrics": _plain(row)})
         _save(
             last_path,
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
-                "history": history,
+                "history": _plain(history),
                 "epoch": epoch,
                 "best_epoch": best_epoch,
-                "best_score": list(best_score) if best_score else None,
+                "best_score": [float(v) for v in best_score] if best_score else None,
                 "rng": _rng_state(),
                 "config": model_cfg,
-                "train_config": asdict(config),
+                "train_config": _plain(asdict(config)),
             },
         )
         frame = pd.DataFrame(history)
@@ -385,23 +455,24 @@ def fit(
 
         plot_training_curves(frame, out / "curves.png")
     if best_path.is_file():
-        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
+        model.load_state_dict(read_checkpoint(best_path, map_location=device)["model"])
     return TrainResult(frame, best_epoch, best_path, last_path, out)
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> torch.nn.Module:
-    """A model from a histoscope checkpoint (``best.pt`` / ``last.pt``), built from its recorded config."""
+def load_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu", trust: bool | None = None) -> torch.nn.Module:
+    """A model from a histoscope checkpoint (``best.pt`` / ``last.pt``), built from its recorded config.
+
+    Read with :func:`read_checkpoint`: no code in the file runs unless ``trust`` (or
+    ``--trust-checkpoint``) allows a pickled checkpoint.
+    """
     from ..models.registry import ModelConfig, create_model
 
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such checkpoint")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file: say which and why
-        raise ValueError(f"{p}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(ck, dict) or ck.get("config") is None:
-        raise ValueError(f"{p}: not a histoscope checkpoint (no model config inside)")
+    ck = read_checkpoint(p, trust=trust)
+    if ck.get("config") is None:
+        from ..exceptions import ModelFileError
+
+        raise ModelFileError(f"{p}: not a histoscope checkpoint (no model config inside)")
     cfg = ModelConfig.from_dict(ck["config"])
     model = create_model(cfg.arch, **cfg.build_kwargs())
     model.load_state_dict(ck["model"])
