@@ -285,8 +285,7 @@ def _nic_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config: Ana
     if card:
         cards.append((f"NIC encoder {config.nic_encoder}: card", "\n".join(f"- {k}: {v}" for k, v in card.items() if k not in ("history",))))
     if config.slide_model:
-        from .explain.cam import overlay_heatmap
-        from .nic.gradcam import slide_gradcam
+        from .nic.gradcam import gradcam_overlay, slide_gradcam
         from .nic.model import load_slide_model
         from .nic.train import predict_slides
 
@@ -297,7 +296,7 @@ def _nic_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config: Ana
             scores = np.asarray(predict_slides(model, [comp], crop=None, seed=config.seed))[0]
             heat = slide_gradcam(model, comp.load(), tissue=comp.tissue)
             heat_img = comp.to_slide_image(heat, (w, h), fill=0.0).astype(np.float32)
-            over = overlay_heatmap(thumb, heat_img, alpha=0.45)
+            over = gradcam_overlay(thumb, heat_img, alpha=0.45)
             import matplotlib
 
             rgba = (matplotlib.colormaps["jet"](heat_img) * 255).astype(np.uint8)

@@ -194,7 +194,7 @@ def compress(
     from .._version import __version__
     from ..slide.mask import tissue_mask
     from ..tiles import TileSpec, iter_tiles, tile_grid
-    from ..train.engine import resolve_device
+    from ..utils.device import resolve_device
     from ..utils.convert import image_to_tensor
     from ..utils.memory import release_memory
 
@@ -281,7 +281,7 @@ def compress(
     try:
         for r0 in range(0, rows, chunk):
             r1 = min(rows, r0 + chunk)
-            band_idx = order[(row[order] >= r0) & (row[order] < r1)]
+            band_idx = order[np.searchsorted(row[order], r0) : np.searchsorted(row[order], r1)]  # the grid is row-major
             band = np.zeros((r1 - r0, cols, C), np.float32)
             if len(band_idx):
                 sub = table.iloc[band_idx]

@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..exceptions import ModelFileError
+from ..utils.device import resolve_device
 from .registry import file_sha256
 
 __all__ = [
@@ -624,12 +625,6 @@ def record_encoder_metrics(path: str | os.PathLike[str], test_metrics: dict[str,
     return card_path
 
 
-def _device(device: str | torch.device) -> torch.device:
-    from ..utils.device import resolve_device
-
-    return resolve_device(device)
-
-
 def _read_card(path: Path) -> dict[str, Any]:
     try:
         card = json.loads(path.read_text())
@@ -707,7 +702,7 @@ def load_encoder(name_or_path: str | os.PathLike[str], *, device: str | torch.de
         (or that ``weights_only=True`` refuses, e.g. a pickled object): the message names
         the file.
     """
-    device = _device(device)
+    device = resolve_device(device)
     name = os.fspath(name_or_path)
     kind = name[4:] if name.startswith("nic_") and name[4:] in ENCODER_KINDS else name
     if kind in ENCODER_KINDS and not os.path.exists(name):

@@ -301,7 +301,7 @@ def load_slide_model(path: str | os.PathLike[str], *, device: str | torch.device
         (e.g. an encoder file or a bare state dict), or its weights do not fit its
         config.  The message names the file.
     """
-    from ..train.engine import resolve_device
+    from ..utils.device import resolve_device
 
     p = Path(path)
     if not p.is_file():

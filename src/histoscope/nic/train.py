@@ -309,7 +309,7 @@ def fit_slide_model(
     """
     from tqdm.auto import tqdm
 
-    from ..train.engine import resolve_device
+    from ..utils.device import resolve_device
 
     task = check_task(task)  # type: ignore[assignment]
     for name, value, low in (("crop", crop, 1), ("epochs", epochs, 1), ("batch_size", batch_size, 1),

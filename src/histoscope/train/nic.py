@@ -41,6 +41,7 @@ from torch.nn import functional as F
 from ..models.nic import PatchEncoder, SupervisedEncoder, create_encoder
 from ..slide.base import Slide
 from ..utils.convert import image_to_tensor
+from ..utils.device import resolve_device
 
 __all__ = [
     "PatchPool",
@@ -467,12 +468,6 @@ def make_pairs(
 
 
 # ---------------------------------------------------------------------------- training
-def _device(device: str | torch.device) -> torch.device:
-    from .engine import resolve_device
-
-    return resolve_device(device)
-
-
 @contextlib.contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's global generators for a block and restore them afterwards."""
@@ -572,7 +567,7 @@ def train_encoder(
         raise ValueError(f"the patch pool has {len(pool)} patch(es); training needs at least 2")
     if kind == "contrastive" and pool.neighbours is None:
         raise ValueError("contrastive training needs a pool with neighbours: sample_patch_pool(..., neighbours=True)")
-    dev = _device(device)
+    dev = resolve_device(device)
     P = pool.patch
     if kind == "mean_rgb":
         return create_encoder("mean_rgb", patch_size=P, mpp=pool.mpp).eval(), {"epoch": [], "loss": [], "seconds": [0.0]}
@@ -718,7 +713,7 @@ def train_supervised_encoder(
     if y.size and (y.min() < 0 or y.max() >= len(classes)):
         raise ValueError(f"labels must be in [0, {len(classes)}), got range [{y.min()}, {y.max()}]")
     _check_common(epochs, batch_size, lr)
-    dev = _device(device)
+    dev = resolve_device(device)
     rng = np.random.default_rng(seed)
     hist: dict[str, list[float]] = {"epoch": [], "loss": [], "accuracy": []}
     t0 = time.perf_counter()
@@ -802,7 +797,7 @@ def evaluate_encoders(
     xte, yte = _check_labelled(*test, "test")
     classes = [str(c) for c in classes]
     labels = list(range(len(classes)))
-    dev = _device(device)
+    dev = resolve_device(device)
     rows = []
     for name, enc in encoders.items():
         if not isinstance(enc, PatchEncoder):
