@@ -95,6 +95,10 @@ def test_bad_inputs_are_one_clear_line(tmp_path):
     assert r.exit_code == 2 and "two slides" in r.output
     r = run("nic", "compress", str(paths[0]), "--encoder", "mean_rgb", "--out", str(tmp_path / "o"), "--workers", "1", "-q", ok=False)
     assert r.exit_code == 1 and "resolution" in r.output  # a PNG without --slide-mpp
+    (tmp_path / "not-a-store").mkdir()
+    (tmp_path / "labels.csv").write_text("slide,label\nx,1\n")
+    r = run("nic", "train", str(tmp_path / "not-a-store"), "--labels", str(tmp_path / "labels.csv"), ok=False)
+    assert r.exit_code == 2 and "not-a-store: not a compressed slide" in r.output and "Traceback" not in r.output
 
 
 def test_compress_real_slides_and_the_report(cmu_svs, tmp_path):

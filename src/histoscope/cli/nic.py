@@ -298,7 +298,10 @@ def _read_labels(path: str, task: str) -> tuple[dict[str, Any], dict[str, str] |
 def _open_stores(stores: list[str]):
     from ..infer.compress import CompressedSlide
 
-    return [CompressedSlide.open(s) for s in stores]
+    try:
+        return [CompressedSlide.open(s) for s in stores]
+    except (ValueError, FileNotFoundError) as exc:  # names the store and the problem
+        raise click.UsageError(str(exc)) from None
 
 
 @nic.command("train")
