@@ -14,8 +14,8 @@ import torch
 from histoscope.models import ModelConfig, create_model, file_sha256, list_models, load_weights
 
 ARCHS = ["densenet121", "inception_v3", "resnet50", "small_cnn"]
-#: Registered models with their own tests (two-class detectors): tests/models/test_mitosis_net.py.
-OTHER = ["mitosis_cnn", "phh3_cnn"]
+#: Registered models with their own tests (two-class detectors): tests/models/test_mitosis_net.py, tests/models/test_rcnn.py.
+OTHER = ["mitos_rcnn", "mitosis_cnn", "phh3_cnn"]
 #: Smallest convenient input per architecture (Inception-v3 runs from 75 px).
 SIZES = {"small_cnn": 32, "resnet50": 32, "densenet121": 32, "inception_v3": 75}
 

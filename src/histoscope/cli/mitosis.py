@@ -172,10 +172,11 @@ def detect() -> None:
 @click.option("--hpf-area-mm2", type=click.FloatRange(min=0, min_open=True), default=None, help="Area of one high-power field (default 0.196 mm^2).")
 @click.option("--no-mask", is_flag=True, help="Run over the whole image, not only over detected tissue.")
 @click.option("--mode", type=click.Choice(["dense", "candidates"]), default="dense", show_default=True, help="dense: the paper's fully convolutional map (prob-map.zarr); candidates: the CNN only at H&E candidates (much faster on a CPU).")
+@click.option("--detector", type=click.Choice(["dense", "rcnn"]), default="dense", show_default=True, help="dense: the distilled CNN (mitosis_detector); rcnn: MITOS-RCNN boxes on 16 sub-images per field (mitosis_rcnn).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="histoscope-mitosis-detect", show_default=True)
 @quiet
-def detect_mitosis_cmd(inputs, model, slide_mpp, threshold, detection_threshold, min_distance_um, hpf_area_mm2, no_mask, mode, device, out, quiet):
+def detect_mitosis_cmd(inputs, model, slide_mpp, threshold, detection_threshold, min_distance_um, hpf_area_mm2, no_mask, mode, detector, device, out, quiet):
     """Detect mitoses in slides or images; hotspot, grade and mitotic count per 10 HPF.
 
     Writes OUT/<name>/: detections.csv, detections.geojson (QuPath), summary.json,
@@ -194,7 +195,16 @@ def detect_mitosis_cmd(inputs, model, slide_mpp, threshold, detection_threshold,
     from ..slide import open_slide
 
     try:
-        net = resolve_mitosis_model(model, device=device)
+        if detector == "rcnn":
+            from ..mitosis.rcnn import DEFAULT_RCNN_MODEL
+            from ..models.pretrained import resolve_model
+            from ..models.rcnn import MitosRCNN
+
+            net = resolve_model(DEFAULT_RCNN_MODEL if model is None else model, device=device)
+            if not isinstance(net, MitosRCNN):
+                raise ValueError(f"{model}: a {type(net).__name__}, not a MITOS-RCNN model (use --detector dense for it)")
+        else:
+            net = resolve_mitosis_model(model, device=device)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
     root = Path(out)
@@ -210,11 +220,19 @@ def detect_mitosis_cmd(inputs, model, slide_mpp, threshold, detection_threshold,
                 shutil.rmtree(work, ignore_errors=True)
                 work.mkdir()
                 try:
-                    res = detect_mitoses(
-                        s, net, threshold=threshold, detection_threshold=detection_threshold, min_distance_um=min_distance_um,
-                        mask=None if no_mask else "auto", out=work / "prob-map.zarr" if mode == "dense" else None,
-                        hpf_area_mm2=hpf_area_mm2 or HPF_AREA_MM2, mode=mode, device=device, verbose=not quiet,
-                    )  # fmt: skip
+                    if detector == "rcnn":
+                        from ..mitosis.rcnn import detect_mitoses_rcnn
+
+                        res = detect_mitoses_rcnn(
+                            s, net, detection_threshold=detection_threshold, min_distance_um=min_distance_um, mask=None if no_mask else "auto",
+                            hpf_area_mm2=hpf_area_mm2 or HPF_AREA_MM2, device=device, verbose=not quiet,
+                        )  # fmt: skip
+                    else:
+                        res = detect_mitoses(
+                            s, net, threshold=threshold, detection_threshold=detection_threshold, min_distance_um=min_distance_um,
+                            mask=None if no_mask else "auto", out=work / "prob-map.zarr" if mode == "dense" else None,
+                            hpf_area_mm2=hpf_area_mm2 or HPF_AREA_MM2, mode=mode, device=device, verbose=not quiet,
+                        )  # fmt: skip
                     res.detections.to_csv(work / "detections.csv", index=False)
                     write_geojson(points_feature_collection(res.detections, name="Mitosis"), work / "detections.geojson")
                     thumb = s.thumbnail(1024)

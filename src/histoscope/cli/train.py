@@ -181,3 +181,101 @@ def evaluate_tissue_cmd(data, preset, label_column, group_column, annotation_col
     Path(out, "metrics.json").write_text(json.dumps(report, indent=2))
     click.echo(str(ev["patch"]))
     click.echo(f"image level (mean probability): accuracy {ev['image_mean'].accuracy:.3f}; wrote {out}")
+
+
+@train.command("rcnn")
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--variant", type=click.Choice(["conv5", "conv4", "cascade"]), default="cascade", show_default=True, help="conv5: standard Faster R-CNN; conv4: conv5 dropped; cascade: MITOS-RCNN (conv3 + up-sampled conv4, two RPNs).")
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True, help="VGG-16 channel multiplier (1: the original).")
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=None, help="Steps per epoch (default: one pass over the training crops).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per step (a quarter MoNuSeg sub-images).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True, help="SGD learning rate (momentum 0.9, weight decay 5e-4).")
+@click.option("--box-um", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True, help="Side of the box drawn around each mitosis centroid (microns).")
+@click.option("--stain-normalize", "stain_norm", type=click.Choice(["macenko", "none"]), default="macenko", show_default=True)
+@click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Select the epoch and threshold on the validation patients and report the test patients (--no-eval: keep the last epoch, threshold 0.5).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=str), default=None, help="Write the best model as a bundle here (fp16 weights + model card).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=str), default="histoscope-rcnn", show_default=True)
+@seed
+@quiet
+def train_rcnn_cmd(data, variant, width, epochs, iterations, batch_size, lr, box_um, stain_norm, do_eval, device, export_path, out, seed, quiet):
+    """Train MITOS-RCNN on DATA (the shared data folder: mitosis/amibr_128 + monuseg).
+
+    Boxes of --box-um around the AMi-Br mitoses (random 96 px windows, rotations, Macenko),
+    MoNuSeg fields split into 16 sub-images as negatives; the dense detector's patient split
+    (same --seed). Writes OUT/best.pt (best validation F1 within 8 um), OUT/test_metrics.json.
+    """
+    from ..datasets.mitosis import mitosis_samples
+    from ..train.rcnn import RcnnTrainConfig, select_threshold, train_rcnn
+
+    try:
+        cfg = RcnnTrainConfig(variant=variant, width=width, epochs=epochs, iterations=iterations, batch_size=batch_size, lr=lr, box_um=box_um, stain=None if stain_norm == "none" else stain_norm, seed=seed, device=device)
+        d = mitosis_samples(data, seed=seed)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    res = train_rcnn(d, cfg, out, verbose=not quiet, validate=do_eval)
+    model = res["model"]
+    detection: dict[str, Any] = {"detection_threshold": 0.5}
+    if do_eval:
+        from ..mitosis.rcnn import evaluate_rcnn_detection
+
+        delta = select_threshold(res["val"])
+        test = evaluate_rcnn_detection(model, d, split="test", device=device, verbose=not quiet)
+        curve = test["curve"]
+        row = curve.iloc[int(abs(curve["threshold"] - delta).to_numpy().argmin())].to_dict()
+        curve.to_csv(Path(out) / "test_f1_curve.csv", index=False)
+        detection = {
+            "detection_threshold": delta,
+            "val_best_f1": float(res["val"]["best"]["f1"]),
+            "test_at_threshold": row,
+            "test_best": test["best"],
+            "test_crops": test["n_amibr"],
+            "test_fields": test["n_monuseg"],
+            "test_monuseg_area_mm2": test["monuseg_area_mm2"],
+        }
+        split = {s: len(set(d.samples.loc[d.samples["split"] == s, "group"])) for s in ("train", "val", "test")}
+        (Path(out) / "test_metrics.json").write_text(json.dumps({"detection": detection, "best_epoch": res["best_epoch"], "split_patients": split, "train_config": cfg.__dict__}, indent=2, default=str))
+        click.echo(
+            f"{variant}: best epoch {res['best_epoch']}; threshold {delta:.2f} (validation F1 {detection['val_best_f1']:.3f}); "
+            f"test F1 within 8 um {row['f1']:.3f} (precision {row['precision']:.3f}, recall {row['recall']:.3f}; TP {int(row['tp'])}, FP {int(row['fp'])}, FN {int(row['fn'])})"
+        )
+    else:
+        click.echo(f"{variant}: {epochs} epoch(s), no evaluation; wrote {res['best_path']}")
+    if export_path:
+        from ..models.pretrained import export_bundle
+
+        command = " ".join(["histoscope", *sys.argv[1:]])
+        n_params = sum(p.numel() for p in model.parameters())
+        lines = [
+            "## Data",
+            f"- `{data}`: MITOS-BOXES = {box_um:g} um boxes around the AMi-Br mitoses (128 px crops, MIDOG21 + TUPAC16, ~0.25 um/px), random"
+            f" {cfg.window} px windows (the mitosis within +-16 px of the centre, the rest same-source background) rotated by 0/90/180/270;"
+            " MoNuSeg 40x tumour fields split into 16 sub-images as negatives; Macenko normalisation of every crop / sub-image.",
+            "- Licences (see ../shared/data/MANIFEST.md): AMi-Br has no licence file, upstream MIDOG 2021 (reportedly CC BY-NC-ND 4.0)"
+            " and TUPAC16 challenge terms; MoNuSeg CC BY-NC-SA 4.0. Research and non-commercial use only.",
+            "- Split by patient: the dense mitosis detector's (same seed); test patients never trained on nor used for selection.",
+            "",
+            "## Training",
+            f"- Command: `{command}`",
+            f"- Seed {seed}; variant {variant}, VGG-16 width {width}, {n_params:,} parameters; SGD lr {lr}, momentum 0.9, weight decay 5e-4,"
+            f" {epochs} epochs of {iterations or 'one pass'} steps x {batch_size} images; eq. 2 with lambda 10; best epoch {res['best_epoch']} by validation F1.",
+        ]
+        if do_eval:
+            r = detection["test_at_threshold"]
+            lines += [
+                "",
+                "## Detection on the held-out test patients (one-to-one matching within 8 um, as `evaluate_detection`)",
+                "",
+                f"Threshold {detection['detection_threshold']:.2f} chosen on the validation patients (F1 {detection['val_best_f1']:.3f});"
+                f" {detection['test_crops']} AMi-Br test crops, {detection['test_fields']} MoNuSeg test fields (every detection there a false positive).",
+                "",
+                "| precision | recall | F1 | TP | FP | FN | false detections / mm^2 (MoNuSeg) |",
+                "|---|---|---|---|---|---|---|",
+                f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {int(r['tp'])} | {int(r['fp'])} | {int(r['fn'])} | {r['fp_per_mm2_monuseg']:.1f} |",
+            ]
+        card = {
+            "command": command, "seed": seed, "variant": variant, "detection": detection, "detection_threshold": detection["detection_threshold"],
+            "body": "\n".join(lines), "used_by": "used by `histoscope detect mitosis --detector rcnn`",
+        }  # fmt: skip
+        click.echo(f"exported {export_bundle(model, export_path, card=card)}")

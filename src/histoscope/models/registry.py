@@ -118,7 +118,7 @@ def register_model(name: str) -> Callable[[Callable[..., torch.nn.Module]], Call
 
 def list_models() -> list[str]:
     """Names of the registered models."""
-    from . import mitosis, phh3, tissue  # noqa: F401  (registers the built-in models)
+    from . import mitosis, phh3, rcnn, tissue  # noqa: F401  (registers the built-in models)
 
     return sorted(_REGISTRY)
 
