@@ -41,3 +41,29 @@ def test_unreachable_scheduler(cmu_svs):
 
     with pytest.raises(HistoscopeError, match="cannot connect"):
         run_jobs(slide_info, [str(cmu_svs)], scheduler="tcp://127.0.0.1:9", verbose=False)
+
+
+
+
+def test_a_killed_worker_is_retried_and_a_job_that_always_kills_is_reported(tmp_path):
+    """SIGKILL inside Dask workers: a job whose worker died runs again on a fresh worker; one
+    that kills every worker is reported as failed with the reason; none is dropped.
+
+    (A job waiting on a worker that dies counts as a failure too, Dask's rule: with the default
+    3 allowed failures the jobs queued behind a killed one still finish.)"""
+    import dask
+
+    from fuzz.faults import killing_job
+
+    items = ["once:a", "c", "once:d", "e"]
+    results = run_jobs(killing_job, items, workers=2, verbose=False, marker_dir=str(tmp_path))
+    assert [r.item for r in results] == items
+    assert all(r.ok for r in results), [r.error for r in results]
+    for r in (results[0], results[2]):  # ran again, in another process than the one that died
+        first = int((tmp_path / f"{r.item.replace(':', '-')}.died").read_text())
+        assert r.value.startswith(f"{r.item} done by ") and int(r.value.split()[-1]) != first
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        results = run_jobs(killing_job, ["always:b"], workers=2, verbose=False, marker_dir=str(tmp_path))
+    assert len(results) == 1 and not results[0].ok
+    assert "died 2 times" in results[0].error and "retried it 1 times" in results[0].error

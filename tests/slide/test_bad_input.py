@@ -168,3 +168,90 @@ def test_errors_pickle_for_dask():
     err = SlideReadError("/x/y.svs", "broken")
     again = pickle.loads(pickle.dumps(err))
     assert str(again) == str(err) and again.path == "/x/y.svs"
+
+
+# ------------------------------------------------------------------ lying headers (found by fuzz/)
+def _with_tag(data: bytes, path, tag: str, value: int, page: int = 0) -> bytes:
+    """``data`` with one TIFF tag of one page set to ``value`` (located with tifffile)."""
+    import struct
+
+    with tifffile.TiffFile(path) as tif:
+        t = tif.pages[page].tags[tag]
+        size = {3: 2, 4: 4, 16: 8}[int(t.dtype)]
+        bo = tif.byteorder
+    fmt = bo + {2: "H", 4: "I", 8: "Q"}[size]
+    return data[: t.valueoffset] + struct.pack(fmt, value % 256**size) + data[t.valueoffset + size :]
+
+
+@pytest.fixture(scope="module")
+def small_tiled_tiff(tmp_path_factory):
+    from histoscope.datasets import synthetic_slide
+
+    p = tmp_path_factory.mktemp("tif") / "small.tiff"
+    synthetic_slide(p, width=1536, height=1152, seed=1, n_mitoses=0, verbose=False)
+    return p
+
+
+@pytest.mark.parametrize(
+    "tag, value, page, match",
+    [
+        ("ImageWidth", 1_000_000, 0, "1,000,000 x 1,152 pixels in tiles of 256 x 256 need 19,535 tiles, but its tables list 30"),
+        ("ImageLength", 2**32 - 1, 0, "beyond any slide"),
+        ("ImageLength", 0, 1, "image 1 of the TIFF declares a size of 768 x 0 pixels"),
+        ("TileWidth", 0, 0, "declares tiles of 0 x 256 pixels"),  # OpenSlide divided by it: SIGFPE
+        ("TileByteCounts", 2**31, 0, "truncated"),
+    ],
+)
+def test_lying_tiff_header_is_refused_before_any_decoder_sees_it(tmp_path, small_tiled_tiff, tag, value, page, match):
+    import tracemalloc
+
+    p = tmp_path / "lie.tiff"
+    p.write_bytes(_with_tag(small_tiled_tiff.read_bytes(), small_tiled_tiff, tag, value, page))
+    tracemalloc.start()
+    with pytest.raises(SlideReadError, match=match) as e:
+        open_slide(p)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert str(p) in str(e.value)
+    assert peak < 20 * 2**20  # nothing of the declared size was allocated
+
+
+@pytest.mark.parametrize("side, match", [(10**6, "1000000000000 pixels"), (10_000, "declares 10,000 x 10,000 = 100,000,000 pixels")])
+def test_plain_image_declaring_a_huge_size_is_not_decoded(tmp_path, side, match):
+    """10^12 px: Pillow's own bomb check; 10^8 px (in Pillow's warn-only band): histoscope's, before decoding."""
+    import struct
+    import tracemalloc
+    import zlib
+
+    buf = tmp_path / "ok.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(buf)
+    d = bytearray(buf.read_bytes())
+    d[16:24] = struct.pack(">II", side, side)
+    d[29:33] = struct.pack(">I", zlib.crc32(bytes(d[12:29])))
+    p = tmp_path / "bomb.png"
+    p.write_bytes(bytes(d))
+    tracemalloc.start()
+    with pytest.raises(SlideReadError, match=match) as e:
+        open_slide(p)
+    assert tracemalloc.get_traced_memory()[1] < 20 * 2**20
+    tracemalloc.stop()
+    assert "tiled pyramidal TIFF" in str(e.value) and str(p) in str(e.value)
+
+
+def test_svs_whose_label_declares_a_huge_size(tmp_path, cmu_svs):
+    """A lying label header: refused at open when the strips cannot cover it; a wider label that
+    still passes fails alone, naming it, while info() lists names without decoding them and the
+    slide itself still reads."""
+    with tifffile.TiffFile(cmu_svs) as tif:
+        label = next(i for i, pg in enumerate(tif.pages) if "label" in (pg.description or ""))
+    data = _with_tag(cmu_svs.read_bytes(), cmu_svs, "ImageWidth", 65535, label)  # SHORT tags: the largest they hold
+    p = tmp_path / "label.svs"
+    p.write_bytes(_with_tag(data, cmu_svs, "ImageLength", 65535, label))
+    with pytest.raises(SlideReadError, match=f"image {label} of the TIFF is inconsistent: 65,535 x 65,535 pixels in strips"):
+        open_slide(p)
+    p.write_bytes(data)
+    with open_slide(p) as s:
+        assert "label" in s.info()["associated_images"]
+        with pytest.raises(SlideReadError, match="associated image 'label'"):
+            s.associated_images
+        assert s.read_region((0, 0), (64, 64)).shape == (64, 64, 3)

@@ -2,7 +2,10 @@
 
 One job per slide: a ``LocalCluster`` of ``workers`` processes by default, or an existing
 cluster given by its scheduler address. A job that raises does not stop the others: its
-error is captured in its :class:`JobResult` and reported.
+error is captured in its :class:`JobResult` and reported. A job whose worker process dies
+(SIGKILL, out of memory, a crash in C code) is re-run by Dask on a fresh worker, up to
+``distributed.scheduler.allowed-failures`` times (3 by default); after that it is reported
+as failed, saying so. Every job comes back as a :class:`JobResult`: none is dropped.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def run_jobs(
 
     try:
         from distributed import Client, LocalCluster, as_completed
+        from distributed.scheduler import KilledWorker
     except ImportError as exc:  # pragma: no cover - dask is a dependency
         raise ImportError("parallel runs need Dask distributed: pip install 'dask[distributed]'") from exc
 
@@ -124,6 +128,7 @@ def run_jobs(
             client = Client(scheduler, timeout="10s")
         except (OSError, TimeoutError) as exc:
             raise HistoscopeError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from None
+    allowed = int(dask.config.get("distributed.scheduler.allowed-failures"))
     try:
         futures = [client.submit(_guarded, func, item, kwargs, pure=False, key=f"job-{i}") for i, item in enumerate(items)]
         index = {f.key: i for i, f in enumerate(futures)}
@@ -133,10 +138,15 @@ def run_jobs(
                 i = index[fut.key]
                 try:
                     results[i] = fut.result()
-                except Exception as exc:  # worker died, etc.
+                except KilledWorker as exc:  # Dask re-ran it on fresh workers and they died too
+                    results[i] = JobResult(items[i], False, error=f"the worker running this job died {allowed + 1} times (killed, out of memory or crashed); Dask retried it {allowed} times and gave up ({exc})")
+                except Exception as exc:  # the scheduler lost it, a cancelled future, ...
                     results[i] = JobResult(items[i], False, error=f"worker failed: {type(exc).__name__}: {exc}")
                 bar.update(1)
-        return [r for r in results if r is not None]
+        missing = [items[i] for i, r in enumerate(results) if r is None]
+        if missing:  # never drop a job silently
+            raise HistoscopeError(f"{len(missing)} job(s) never reported back from Dask: {missing}")
+        return results  # type: ignore[return-value]
     finally:
         client.close()
         if cluster is not None:

@@ -110,6 +110,10 @@ class ArraySlide(Slide):
         return _pad_read(self._array, self.dimensions, x0, y0, width, height, path=self.path)
 
 
+#: Most pixels a plain (PNG, JPEG, ...) image may declare when Pillow sets no limit (Pillow's default).
+MAX_PLAIN_PIXELS = 89_478_485
+
+
 class PillowSlide(ArraySlide):
     """PNG / JPEG / BMP / GIF / WebP files read with Pillow (whole image in memory)."""
 
@@ -120,7 +124,15 @@ class PillowSlide(ArraySlide):
 
         path = os.fspath(path)
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # lazy: the header only
+                w, h = img.size
+                limit = Image.MAX_IMAGE_PIXELS or MAX_PLAIN_PIXELS
+                if w * h > limit:  # a plain image is decoded whole: refuse before allocating it
+                    raise SlideReadError(
+                        path,
+                        f"image declares {w:,} x {h:,} = {w * h:,} pixels, more than the {limit:,} a plain image may have "
+                        "(it is decoded whole into memory); save it as a tiled pyramidal TIFF instead",
+                    )
                 img.load()
                 mode = img.mode
                 if mode in ("P", "PA"):
@@ -153,6 +165,10 @@ class PillowSlide(ArraySlide):
                 path, f"image is too large to load as a plain image ({exc}); save it as a tiled pyramidal TIFF"
             ) from None
         super().__init__(array, mpp=mpp, path=path)
+
+
+#: Most pixels a label / macro / thumbnail image may declare (a macro photo is a few megapixels).
+MAX_ASSOCIATED_PIXELS = 100_000_000
 
 
 class OpenSlideSlide(Slide):
@@ -212,12 +228,26 @@ class OpenSlideSlide(Slide):
             return None
 
     @property
+    def associated_image_names(self) -> list[str]:
+        try:
+            return sorted(self._osr.associated_images.keys())  # names only: nothing is decoded
+        except self._error_type as exc:  # OpenSlide's errors are sticky: any earlier failure shows here
+            raise SlideReadError(self.path, f"OpenSlide cannot list the associated images: {exc}") from None
+
+    @property
     def associated_images(self) -> Mapping[str, np.ndarray]:
         if self._assoc is None:
-            try:
-                self._assoc = {k: to_rgb(np.asarray(v), path=self.path) for k, v in self._osr.associated_images.items()}
-            except self._error_type as exc:
-                raise SlideReadError(self.path, f"cannot read associated images: {exc}") from None
+            assoc = {}
+            for name in self.associated_image_names:
+                w = int(self._props.get(f"openslide.associated.{name}.width", 0) or 0)
+                h = int(self._props.get(f"openslide.associated.{name}.height", 0) or 0)
+                if w * h > MAX_ASSOCIATED_PIXELS:  # OpenSlide would allocate w x h x 4 bytes
+                    raise SlideReadError(self.path, f"associated image {name!r} declares {w:,} x {h:,} pixels: the header is corrupt")
+                try:
+                    assoc[name] = to_rgb(np.asarray(self._osr.associated_images[name]), path=self.path)
+                except self._error_type as exc:
+                    raise SlideReadError(self.path, f"cannot read the associated image {name!r}: {exc}") from None
+            self._assoc = assoc
         return self._assoc
 
     def _read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
@@ -455,7 +485,10 @@ class TiffSlide(Slide):
         self._dims = []
         lead = len(shape) - 3
         for lvl in levels:
-            z = zarr.open(lvl.aszarr(), mode="r")
+            try:
+                z = zarr.open(lvl.aszarr(), mode="r")
+            except Exception as exc:  # a corrupt tag (compression, photometric) is found here
+                raise SlideReadError(self.path, f"cannot read this TIFF's pixels ({type(exc).__name__}: {exc})") from None
             self._levels.append(z)
             s = lvl.shape
             if self._planar:
@@ -463,6 +496,8 @@ class TiffSlide(Slide):
             else:
                 self._dims.append((int(s[-2]), int(s[-3])))
         self._lead = (0,) * lead
+        if any(w <= 0 or h <= 0 for w, h in self._dims):
+            raise SlideReadError(self.path, f"corrupt TIFF: a level has zero size ({self._dims})")
         W0, H0 = self._dims[0]
         self._downsamples = tuple(((W0 / w) + (H0 / h)) / 2.0 for w, h in self._dims)
         self._lock = threading.Lock()

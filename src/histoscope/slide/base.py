@@ -140,6 +140,11 @@ class Slide(ABC):
         """Label, macro and thumbnail images stored in the file, as HxWx3 uint8 RGB."""
         return {}
 
+    @property
+    def associated_image_names(self) -> list[str]:
+        """Names of the associated images, without decoding them."""
+        return sorted(self.associated_images.keys())
+
     def close(self) -> None:
         """Release the file handle."""
 
@@ -200,7 +205,7 @@ class Slide(ABC):
             "mpp": None if mpp is None else [float(mpp[0]), float(mpp[1])],
             "mpp_source": self.mpp_source,
             "objective_power": self.objective_power,
-            "associated_images": sorted(self.associated_images.keys()),
+            "associated_images": self.associated_image_names,
         }
 
     # ------------------------------------------------------------------ resolution

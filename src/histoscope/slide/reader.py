@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,32 +40,104 @@ def _describe_head(head: bytes) -> str:
     return f"it starts with bytes {head[:8].hex(' ')}"
 
 
-def check_tiff_integrity(path: str) -> None:
-    """Raise :class:`SlideReadError` if a TIFF's tiles or strips point past the end of the file.
+#: Largest side a TIFF image may declare (a 2-million-pixel-wide slide is far beyond any scanner).
+MAX_TIFF_SIDE = 2_000_000
 
-    This catches truncated downloads and copies up front (reading only the headers),
-    instead of failing deep inside a decoder half-way through a slide.
+
+def _tag(page, name: str, default=None):
+    tag = page.tags.get(name)
+    return default if tag is None else tag.value
+
+
+#: Largest side a TIFF image may declare (two million pixels: far beyond any scanner).
+MAX_TIFF_SIDE = 2_000_000
+
+
+def check_tiff_integrity(path: str) -> None:
+    """Raise :class:`SlideReadError` unless every image of a TIFF has a consistent structure.
+
+    Reads only the headers (tifffile), before any decoder sees the file, and checks what
+    readers trust without checking: each image declares a width and height above zero (and
+    at most :data:`MAX_TIFF_SIDE`), tile sizes above zero, at least as many tiles or strips
+    as its declared size needs (a header that declares 10^6 x 10^6 pixels over a few real
+    tiles is refused here, not read), uncompressed strips hold the bytes their rows need, and
+    no tile or strip points past the end of the file (a truncated download or copy).
+    Otherwise a corrupt header reaches OpenSlide or libtiff, which may divide by a zero tile
+    size (a crash), allocate the declared size, or read a phantom gigapixel image for hours.
     """
+    import logging
+
     import tifffile
 
     size = os.path.getsize(path)
+    tlog = logging.getLogger("tifffile")
+    level = tlog.level
+    tlog.setLevel(logging.CRITICAL)  # it logs each inconsistency it tolerates; we refuse them instead
     try:
-        with tifffile.TiffFile(path) as tif:
+        with warnings.catch_warnings(), tifffile.TiffFile(path) as tif:
+            warnings.simplefilter("ignore")
             for i, page in enumerate(tif.pages):
-                offsets, counts = page.dataoffsets, page.databytecounts
-                if len(offsets) == 0:
-                    continue
-                end = max(int(o) + int(c) for o, c in zip(offsets, counts))
-                if end > size:
-                    raise SlideReadError(
-                        path,
-                        f"file is truncated: image {i} needs data up to byte {end:,} but the file "
-                        f"has only {size:,} bytes. Copy or download it again.",
-                    )
+                problem = _page_problem(page, size)
+                if problem:
+                    raise SlideReadError(path, f"image {i} of the TIFF {problem}")
     except SlideReadError:
         raise
     except Exception as exc:  # tifffile raises many types on broken headers
         raise SlideReadError(path, f"corrupt TIFF structure ({type(exc).__name__}: {exc}); the file may be truncated") from None
+    finally:
+        tlog.setLevel(level)
+
+
+def _tag(page, name: str, default=None):
+    tag = page.tags.get(name)
+    return default if tag is None else tag.value
+
+
+def _as_tuple(v) -> tuple:
+    return v if isinstance(v, tuple) else (v,)
+
+
+def _page_problem(page, file_size: int) -> str | None:
+    """What is wrong with one TIFF image's header (None: nothing found)."""
+    import math
+
+    W, H = _tag(page, "ImageWidth", 0), _tag(page, "ImageLength", 0)
+    if not (isinstance(W, int) and isinstance(H, int)) or W <= 0 or H <= 0:
+        return f"declares a size of {W} x {H} pixels: the header is corrupt"
+    if W > MAX_TIFF_SIDE or H > MAX_TIFF_SIDE:
+        return f"declares {W:,} x {H:,} pixels, beyond any slide (at most {MAX_TIFF_SIDE:,} per side): the header is corrupt; nothing was read"
+    spp = _tag(page, "SamplesPerPixel", 1)
+    planes = spp if _tag(page, "PlanarConfiguration", 1) == 2 else 1
+    depth = max(int(_tag(page, "ImageDepth", 1)), 1)
+    if "TileWidth" in page.tags or "TileLength" in page.tags:
+        tw, th = _tag(page, "TileWidth", 0), _tag(page, "TileLength", 0)
+        if not (0 < tw <= 65536 and 0 < th <= 65536):
+            return f"declares tiles of {tw} x {th} pixels: the header is corrupt"
+        offsets, counts = _as_tuple(_tag(page, "TileOffsets", ())), _as_tuple(_tag(page, "TileByteCounts", ()))
+        need = math.ceil(W / tw) * math.ceil(H / th) * planes * depth
+        what = f"{W:,} x {H:,} pixels in tiles of {tw} x {th} need {need:,} tiles"
+    else:
+        rps = _tag(page, "RowsPerStrip", 2**32 - 1)
+        if rps <= 0:
+            return f"declares {rps} rows per strip: the header is corrupt"
+        rps = min(rps, H)
+        offsets, counts = _as_tuple(_tag(page, "StripOffsets", ())), _as_tuple(_tag(page, "StripByteCounts", ()))
+        per_plane = math.ceil(H / rps)
+        need = per_plane * planes
+        what = f"{W:,} x {H:,} pixels in strips of {rps} rows need {need:,} strips"
+        bits = _as_tuple(_tag(page, "BitsPerSample", 8))[0]
+        if _tag(page, "Compression", 1) == 1 and len(counts) >= need:  # uncompressed: sizes are exact
+            row_bytes = math.ceil(W * (1 if planes > 1 else spp) * bits / 8)
+            for k in range(need):
+                rows = min(rps, H - (k % per_plane) * rps)
+                if counts[k] < rows * row_bytes:
+                    return f"declares {W:,} x {H:,} uncompressed pixels, but strip {k} holds {counts[k]:,} of the {rows * row_bytes:,} bytes its rows need: the header is corrupt"
+    if len(offsets) < need or len(counts) < need:
+        return f"is inconsistent: {what}, but its tables list {len(offsets):,} offsets and {len(counts):,} byte counts (corrupt header)"
+    end = max((int(o) + int(c) for o, c in zip(offsets, counts) if c), default=0)
+    if end > file_size:
+        return f"needs data up to byte {end:,} but the file has only {file_size:,} bytes: it is truncated. Copy or download it again."
+    return None
 
 
 def open_slide(
