@@ -116,3 +116,21 @@ def test_tiny_model_learns_two_real_crops(small_data, tmp_path):
         top = boxes.sort_values("score", ascending=False).iloc[0]
         cx, cy = (top["x1"] + top["x2"]) / 2, (top["y1"] + top["y2"]) / 2
         assert np.hypot(cx - 64, cy - 64) * 0.25 <= 8.0 and top["score"] > 0.5, top
+
+
+@pytest.mark.shared_data
+def test_bundled_model_finds_real_test_mitoses(small_data):
+    """The bundled mitosis_rcnn (sha256-checked) on held-out test crops: its threshold comes from its card."""
+    from histoscope.models.pretrained import list_pretrained, load_pretrained
+
+    if "mitosis_rcnn" not in list_pretrained():
+        pytest.skip("the bundled mitosis_rcnn is not trained yet")
+    model = load_pretrained("mitosis_rcnn")
+    assert model.variant == "cascade" and 0 < model.card["detection_threshold"] < 1
+    table = small_data.images.table
+    items = sorted(set(small_data.samples.loc[small_data.samples["kind"] == "mitosis", "item"]))
+    found = 0
+    for item in items:
+        res = detect_mitoses_rcnn(table.loc[item, "image"], model, slide_mpp=0.25, mask=None, grade=False)
+        found += bool(len(res.detections)) and np.hypot(res.detections["x"].iloc[0] - 64, res.detections["y"].iloc[0] - 64) * 0.25 <= 8
+    assert found >= len(items) - 1, f"{found} of {len(items)} test mitoses found"

@@ -259,7 +259,7 @@ def train_rcnn_cmd(data, variant, width, epochs, iterations, batch_size, lr, box
             "## Training",
             f"- Command: `{command}`",
             f"- Seed {seed}; variant {variant}, VGG-16 width {width}, {n_params:,} parameters; SGD lr {lr}, momentum 0.9, weight decay 5e-4,"
-            f" {epochs} epochs of {iterations or 'one pass'} steps x {batch_size} images; eq. 2 with lambda 10; best epoch {res['best_epoch']} by validation F1.",
+            f" {epochs} epochs ({f'{iterations} steps' if iterations else 'one pass over the training crops'} each) of {batch_size}-image batches; eq. 2 with lambda 10; best epoch {res['best_epoch']} by validation F1.",
         ]
         if do_eval:
             r = detection["test_at_threshold"]
