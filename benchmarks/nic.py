@@ -9,7 +9,7 @@ For each encoder, ``histoscope nic compress SLIDE --encoder NAME`` is run as a s
   target is under 2 GB peak memory), generated once (not timed).
 
 The peak resident memory is the child's own VmHWM, read by a small wrapper process
-(``--child``) that runs the command in-process and reports it; the encoding rate is the
+(``benchmarks/_memory.py``) that runs the command in-process and reports it; the encoding rate is the
 number of patches encoded over the time of the ``compress`` call (tile grid, tissue mask
 coverage, reading, encoding, writing zarr; recorded in the store); the command's wall time
 (Python and torch start-up, slide opening, tissue mask, PCA picture, report) is given too. Results go to ``<out>/nic.json`` and a printed table::
@@ -23,37 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from _memory import peak_rss_mb  # benchmarks/_memory.py
+from _memory import run_measured  # benchmarks/_memory.py
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "slides"
 TARGET_PEAK_MB = 2000.0
-
-
-def _child(argv: list[str]) -> None:
-    """Run ``histoscope`` in this process, then print wall time and peak memory as JSON."""
-    from histoscope.cli.main import cli
-
-    t0 = time.perf_counter()
-    try:
-        cli.main(args=argv, prog_name="histoscope", standalone_mode=False)
-        rc = 0
-    except SystemExit as exc:
-        rc = int(exc.code or 0)
-    print("@@" + json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": peak_rss_mb(), "rc": rc}), flush=True)
-
-
-def _run(argv: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    line = [l for l in proc.stdout.splitlines() if l.startswith("@@")]
-    if proc.returncode or not line:
-        raise RuntimeError(f"histoscope {' '.join(argv)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return json.loads(line[-1][2:])
 
 
 def main() -> None:
@@ -87,7 +63,7 @@ def main() -> None:
     rows = []
     for enc, label, slide_args in jobs:
         dest = work / f"{enc}-{label.split()[0]}"
-        r = _run(["nic", "compress", *slide_args, "--encoder", enc, "--out", str(dest), "--force", "-q"])
+        r = run_measured(["nic", "compress", *slide_args, "--encoder", enc, "--out", str(dest), "--force", "-q"])
         store = next(dest.glob("*.zarr"))
         import zarr
 
@@ -106,7 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _child(sys.argv[2:])
-    else:
-        main()
+    main()

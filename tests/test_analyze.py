@@ -195,3 +195,21 @@ def test_a_killed_run_leaves_nothing_that_looks_complete(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (out / "k" / "report.html").is_file() and not partial.exists()
     assert completed_summary(src, out, AnalysisConfig(mitosis_model=None)) is not None
+
+
+def test_the_same_slide_twice_gives_identical_outputs(tmp_path, small_slides):
+    """Determinism: two runs write the same bytes (tables, GeoJSON, zarr chunks, figures); summary,
+    report and cohort differ only in timings, memory and paths."""
+    from fuzz.faults import output_tree
+
+    if "colorectal_grader" not in list_pretrained():
+        pytest.skip("the bundled colorectal_grader is not trained")
+    config = AnalysisConfig(mitosis_model=None, seed=0)
+    for run in ("a", "b"):
+        analyze_slides([small_slides[0]], tmp_path / run, config=config, workers=1, verbose=False)
+    a, b = output_tree(tmp_path / "a"), output_tree(tmp_path / "b")
+    assert {"s0/tiles.csv", "s0/tissue-classes.geojson", "s0/tissue-classes.zarr/probability/c/0/0/0", "s0/tissue-overlay.png", "cohort.csv"} <= set(a)
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+    raw = json.loads((tmp_path / "a" / "s0" / "summary.json").read_text())
+    assert raw["timings_s"] and raw["report"].startswith(str(tmp_path / "a"))  # what was left out of the comparison
