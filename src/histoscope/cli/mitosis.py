@@ -172,7 +172,7 @@ def detect() -> None:
 @click.option("--hpf-area-mm2", type=click.FloatRange(min=0, min_open=True), default=None, help="Area of one high-power field (default 0.196 mm^2).")
 @click.option("--no-mask", is_flag=True, help="Run over the whole image, not only over detected tissue.")
 @click.option("--mode", type=click.Choice(["dense", "candidates"]), default="dense", show_default=True, help="dense: the paper's fully convolutional map (prob-map.zarr); candidates: the CNN only at H&E candidates (much faster on a CPU).")
-@click.option("--detector", type=click.Choice(["dense", "rcnn"]), default="dense", show_default=True, help="dense: the distilled CNN (mitosis_detector); rcnn: MITOS-RCNN boxes on 16 sub-images per field (mitosis_rcnn).")
+@click.option("--detector", type=click.Choice(["dense", "rcnn"]), default="dense", show_default=True, help="dense: the distilled CNN (mitosis_detector); rcnn: MITOS-RCNN boxes on 16 sub-images per 1000 px field (mitosis_rcnn; --threshold and --mode apply to dense only).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="histoscope-mitosis-detect", show_default=True)
 @quiet

@@ -12,7 +12,6 @@ epoch with the best detection F1 within 8 um is kept (``best.pt``, loadable with
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -28,8 +27,6 @@ from ..datasets.mitosis import DATA_MPP, MITOSIS_CLASSES, MitosisData
 from ..models.rcnn import VARIANTS
 
 __all__ = ["RcnnTrainConfig", "train_rcnn", "new_rcnn", "select_threshold"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
