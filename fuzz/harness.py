@@ -248,7 +248,7 @@ def _worker_main(args: dict[str, Any], start: int, stop: int, current: Any, done
     # warm up: import every target's modules, run one case, then cap the address space
     import histoscope.slide  # noqa: F401
     import histoscope.stain  # noqa: F401
-    import histoscope.tiles  # noqa: F401
+    import histoscope.tiles  # noqa: F401  (imported for the warm-up)
 
     w.run(make_case(0, w.seeds, args["master"]))
     limit = _vm_kib("VmSize") * 1024 + ADDRESS_MARGIN

@@ -213,20 +213,40 @@ def detect_mitoses(
         hs = per = grade_ = None
         if level0_mpp and grade:
             t = time.perf_counter()
-            W, H = s.dimensions
-            xy = det[["x", "y"]].to_numpy(float)
-            xy = np.clip(xy, 0, [W - 1e-6, H - 1e-6]) if len(xy) else np.zeros((0, 2))
-            try:
-                hs = hotspot(xy, slide_shape=(H, W), mpp=level0_mpp, tissue_mask=m, area_mm2=hotspot_area_mm2)
-                per = mitotic_count_per_10hpf(xy, slide_shape=(H, W), mpp=level0_mpp, tissue_mask=m, hpf_area_mm2=hpf_area_mm2)
-                grade_ = int(grade_from_count(hs.count, theta1=theta1, theta2=theta2))
-            except ValueError as exc:  # no tissue, or a slide smaller than the hotspot grid allows
-                log.warning("%s: no hotspot (%s)", getattr(s, "path", "image"), exc)
+            hs, per, grade_ = slide_level_counts(det, s, m, level0_mpp, hotspot_area_mm2=hotspot_area_mm2, hpf_area_mm2=hpf_area_mm2, theta1=theta1, theta2=theta2)
             times["hotspot"] = time.perf_counter() - t
     finally:
         if own:
             s.close()
     return MitosisResult(det, dm, hs, per, grade_, times)
+
+
+def slide_level_counts(
+    det: pd.DataFrame,
+    slide: Any,
+    mask: Any,
+    level0_mpp: float,
+    *,
+    hotspot_area_mm2: float = 2.0,
+    hpf_area_mm2: float = HPF_AREA_MM2,
+    theta1: float = GRADE_THETA1,
+    theta2: float = GRADE_THETA2,
+) -> tuple[Hotspot | None, MitoticCount | None, int | None]:
+    """Hotspot, count per 10 HPF and grade of a slide's detections (level-0 ``x``, ``y``).
+
+    ``(None, None, None)`` with a logged warning when there is no tissue or the slide is
+    smaller than the hotspot grid allows. Shared by every detector.
+    """
+    W, H = slide.dimensions
+    xy = det[["x", "y"]].to_numpy(float)
+    xy = np.clip(xy, 0, [W - 1e-6, H - 1e-6]) if len(xy) else np.zeros((0, 2))
+    try:
+        hs = hotspot(xy, slide_shape=(H, W), mpp=level0_mpp, tissue_mask=mask, area_mm2=hotspot_area_mm2)
+        per = mitotic_count_per_10hpf(xy, slide_shape=(H, W), mpp=level0_mpp, tissue_mask=mask, hpf_area_mm2=hpf_area_mm2)
+        return hs, per, int(grade_from_count(hs.count, theta1=theta1, theta2=theta2))
+    except ValueError as exc:  # no tissue, or a slide smaller than the hotspot grid allows
+        log.warning("%s: no hotspot (%s)", getattr(slide, "path", "image"), exc)
+        return None, None, None
 
 
 def dense_crops(model: torch.nn.Module, crops: np.ndarray, *, batch_size: int = 32, device: str = "cpu", verbose: bool = False) -> np.ndarray:

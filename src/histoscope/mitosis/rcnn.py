@@ -130,8 +130,8 @@ def detect_mitoses_rcnn(
     from ..slide import open_slide, tissue_mask
     from ..slide.base import Slide
     from ..tiles.grid import TileSpec, tile_grid
-    from .detect import MitosisResult
-    from .hotspot import GRADE_THETA1, GRADE_THETA2, HPF_AREA_MM2, grade_from_count, hotspot, mitotic_count_per_10hpf
+    from .detect import MitosisResult, slide_level_counts
+    from .hotspot import GRADE_THETA1, GRADE_THETA2, HPF_AREA_MM2
 
     if tile < 64 or not 0 <= overlap < tile:
         raise ValueError(f"need tile >= 64 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
@@ -181,14 +181,10 @@ def detect_mitoses_rcnn(
         hs = per = grade_ = None
         if level0_mpp and grade:
             t = time.perf_counter()
-            xy = det[["x", "y"]].to_numpy(float)
-            xy = np.clip(xy, 0, [W - 1e-6, H - 1e-6]) if len(xy) else np.zeros((0, 2))
-            try:
-                hs = hotspot(xy, slide_shape=(H, W), mpp=level0_mpp, tissue_mask=m, area_mm2=hotspot_area_mm2)
-                per = mitotic_count_per_10hpf(xy, slide_shape=(H, W), mpp=level0_mpp, tissue_mask=m, hpf_area_mm2=hpf_area_mm2 or HPF_AREA_MM2)
-                grade_ = int(grade_from_count(hs.count, theta1=GRADE_THETA1 if theta1 is None else theta1, theta2=GRADE_THETA2 if theta2 is None else theta2))
-            except ValueError as exc:  # no tissue, or an image smaller than the hotspot grid allows
-                log.warning("%s: no hotspot (%s)", getattr(s, "path", "image"), exc)
+            hs, per, grade_ = slide_level_counts(
+                det, s, m, level0_mpp, hotspot_area_mm2=hotspot_area_mm2, hpf_area_mm2=hpf_area_mm2 or HPF_AREA_MM2,
+                theta1=GRADE_THETA1 if theta1 is None else theta1, theta2=GRADE_THETA2 if theta2 is None else theta2,
+            )
             times["hotspot"] = time.perf_counter() - t
     finally:
         if own:

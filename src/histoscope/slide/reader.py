@@ -40,15 +40,6 @@ def _describe_head(head: bytes) -> str:
     return f"it starts with bytes {head[:8].hex(' ')}"
 
 
-#: Largest side a TIFF image may declare (a 2-million-pixel-wide slide is far beyond any scanner).
-MAX_TIFF_SIDE = 2_000_000
-
-
-def _tag(page, name: str, default=None):
-    tag = page.tags.get(name)
-    return default if tag is None else tag.value
-
-
 #: Largest side a TIFF image may declare (two million pixels: far beyond any scanner).
 MAX_TIFF_SIDE = 2_000_000
 
