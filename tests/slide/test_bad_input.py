@@ -199,6 +199,7 @@ def small_tiled_tiff(tmp_path_factory):
         ("ImageLength", 2**32 - 1, 0, "beyond any slide"),
         ("ImageLength", 0, 1, "image 1 of the TIFF declares a size of 768 x 0 pixels"),
         ("TileWidth", 0, 0, "declares tiles of 0 x 256 pixels"),  # OpenSlide divided by it: SIGFPE
+        ("TileLength", 32768, 0, "at most 16,384 per side"),  # OpenSlide allocated one whole tile: SIGABRT under a memory cap
         ("TileByteCounts", 2**31, 0, "truncated"),
     ],
 )
@@ -255,3 +256,40 @@ def test_svs_whose_label_declares_a_huge_size(tmp_path, cmu_svs):
         with pytest.raises(SlideReadError, match="associated image 'label'"):
             s.associated_images
         assert s.read_region((0, 0), (64, 64)).shape == (64, 64, 3)
+
+
+def test_png_chunk_declaring_more_bytes_than_the_file_is_refused(tmp_path):
+    """Pillow would read a corrupt chunk length as it is (a 2 GiB read): refused from the chunk walk."""
+    import struct
+
+    ok = tmp_path / "ok.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(ok)
+    d = bytearray(ok.read_bytes())
+    i = d.index(b"IDAT") - 4
+    d[i : i + 4] = struct.pack(">I", 2**31)
+    p = tmp_path / "chunk.png"
+    p.write_bytes(bytes(d))
+    with pytest.raises(SlideReadError, match=r"chunk 'IDAT' at byte \d+ declares 2,147,483,648 bytes") as e:
+        open_slide(p)
+    assert str(p) in str(e.value)
+    with open_slide(ok) as s:  # the walk passes a sound file
+        assert s.dimensions == (64, 64)
+
+
+def test_malformed_resolution_tags_mean_unknown_mpp(tmp_path):
+    """An XResolution with no value: the plain TIFF opens, its resolution is unknown (it raised IndexError)."""
+    import struct
+
+    src = tmp_path / "plain.tif"
+    tifffile.imwrite(src, np.full((64, 80, 3), 200, np.uint8), photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    with open_slide(src) as s:
+        assert s.backend == "tifffile" and s.mpp == pytest.approx((0.5, 0.5))
+    with tifffile.TiffFile(src) as tif:
+        t = tif.pages[0].tags["XResolution"]
+        bo = tif.byteorder
+    data = bytearray(src.read_bytes())
+    data[t.offset + 4 : t.offset + 8] = struct.pack(bo + "I", 0)  # classic TIFF entry: code (2), type (2), count (4)
+    p = tmp_path / "res.tif"
+    p.write_bytes(bytes(data))
+    with open_slide(p) as s:
+        assert s.dimensions == (80, 64) and s.mpp is None

@@ -110,6 +110,28 @@ class ArraySlide(Slide):
         return _pad_read(self._array, self.dimensions, x0, y0, width, height, path=self.path)
 
 
+def _check_png_chunks(path: str) -> None:
+    """Walk a PNG's chunk headers (seeks only); refuse one whose chunk declares more bytes than the file holds.
+
+    Pillow reads a declared chunk length as it is (a corrupt length of 2^31 becomes a 2 GiB read).
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return
+        pos = 8
+        while pos + 8 <= size:
+            head = fh.read(8)
+            length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if pos + 12 + length > size:
+                name = kind.decode("latin-1") if kind.isalpha() else kind.hex()
+                raise SlideReadError(path, f"PNG is truncated or corrupt: chunk {name!r} at byte {pos:,} declares {length:,} bytes, past the end of the {size:,}-byte file")
+            if kind == b"IEND":
+                return
+            pos += 12 + length
+            fh.seek(pos)
+
+
 #: Most pixels a plain (PNG, JPEG, ...) image may declare when Pillow sets no limit (Pillow's default).
 MAX_PLAIN_PIXELS = 89_478_485
 
@@ -123,6 +145,7 @@ class PillowSlide(ArraySlide):
         from PIL import Image, UnidentifiedImageError
 
         path = os.fspath(path)
+        _check_png_chunks(path)
         try:
             with Image.open(path) as img:  # lazy: the header only
                 w, h = img.size
@@ -164,6 +187,8 @@ class PillowSlide(ArraySlide):
             raise SlideReadError(
                 path, f"image is too large to load as a plain image ({exc}); save it as a tiled pyramidal TIFF"
             ) from None
+        except MemoryError:  # a corrupt length field that Pillow believed
+            raise SlideReadError(path, "image is corrupt: decoding it asked for more memory than there is") from None
         super().__init__(array, mpp=mpp, path=path)
 
 
@@ -519,7 +544,7 @@ class TiffSlide(Slide):
             xr_f = xr[0] / xr[1] if isinstance(xr, tuple) else xr
             yr_f = yr[0] / yr[1] if isinstance(yr, tuple) else yr
             return _mpp_from_tiff_tags(xr_f, yr_f, getattr(unit, "name", unit))
-        except (KeyError, ZeroDivisionError, TypeError):
+        except (KeyError, ZeroDivisionError, TypeError, IndexError, ValueError):  # absent or malformed tags: unknown
             return None
 
     @property

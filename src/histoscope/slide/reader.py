@@ -42,6 +42,8 @@ def _describe_head(head: bytes) -> str:
 
 #: Largest side a TIFF image may declare (two million pixels: far beyond any scanner).
 MAX_TIFF_SIDE = 2_000_000
+#: Largest tile side a TIFF may declare (scanners write 240 to 1,024 px; OpenSlide allocates a whole tile).
+MAX_TIFF_TILE = 16_384
 
 
 def check_tiff_integrity(path: str) -> None:
@@ -102,8 +104,8 @@ def _page_problem(page, file_size: int) -> str | None:
     depth = max(int(_tag(page, "ImageDepth", 1)), 1)
     if "TileWidth" in page.tags or "TileLength" in page.tags:
         tw, th = _tag(page, "TileWidth", 0), _tag(page, "TileLength", 0)
-        if not (0 < tw <= 65536 and 0 < th <= 65536):
-            return f"declares tiles of {tw} x {th} pixels: the header is corrupt"
+        if not (0 < tw <= MAX_TIFF_TILE and 0 < th <= MAX_TIFF_TILE):  # a decoder allocates one whole tile
+            return f"declares tiles of {tw} x {th} pixels (at most {MAX_TIFF_TILE:,} per side): the header is corrupt"
         offsets, counts = _as_tuple(_tag(page, "TileOffsets", ())), _as_tuple(_tag(page, "TileByteCounts", ()))
         need = math.ceil(W / tw) * math.ceil(H / th) * planes * depth
         what = f"{W:,} x {H:,} pixels in tiles of {tw} x {th} need {need:,} tiles"
