@@ -213,3 +213,22 @@ def test_the_same_slide_twice_gives_identical_outputs(tmp_path, small_slides):
     assert [k for k in a if a[k] != b[k]] == []
     raw = json.loads((tmp_path / "a" / "s0" / "summary.json").read_text())
     assert raw["timings_s"] and raw["report"].startswith(str(tmp_path / "a"))  # what was left out of the comparison
+
+
+@pytest.mark.skipif("mitosis_rcnn" not in list_pretrained(), reason="the bundled mitosis_rcnn is not trained")
+def test_mitosis_rcnn_in_analyze_gives_the_detectors_own_detections(tmp_path):
+    from histoscope.datasets import synthetic_slide
+    from histoscope.mitosis.rcnn import detect_mitoses_rcnn
+    from histoscope.slide import open_slide, tissue_mask
+
+    info = synthetic_slide(tmp_path / "m.tiff", width=1536, height=1280, mpp=0.25, seed=2, n_mitoses=4, verbose=False)
+    summary = analyze_slide(info.path, tmp_path / "out", config=AnalysisConfig(tissue_model=None, mitosis_model="mitosis_rcnn"))
+    with open_slide(info.path) as s:
+        direct = detect_mitoses_rcnn(s, "mitosis_rcnn", mask=tissue_mask(s))
+    table = pd.read_csv(tmp_path / "out" / "m" / "detections.csv")
+    assert len(table) == len(direct.detections) == summary["mitosis"]["detections"]
+    np.testing.assert_allclose(table[["x", "y", "prob"]].to_numpy(), direct.detections[["x", "y", "prob"]].to_numpy(), rtol=1e-6)
+    assert summary["mitosis"]["hotspot_count"] == direct.summary()["hotspot_count"]
+    assert summary["models"][0] == "mitosis_rcnn"
+    html = (tmp_path / "out" / "m" / "report.html").read_text()
+    assert "mitosis_rcnn, MITOS-RCNN" in html and "detections within 8 µm" in html and "0.931" in html

@@ -163,11 +163,19 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
 
     from .mitosis.detect import detect_mitoses
     from .models.pretrained import load_pretrained
+    from .models.rcnn import MitosRCNN
     from .report import circle_feature, draw_detections, points_feature_collection, write_geojson
 
     with timer.stage("mitosis detection"):
         model = load_pretrained(config.mitosis_model)
-        res = detect_mitoses(slide, model, mask=mask, mode=config.mitosis_mode, out=work / "mitosis-prob.zarr" if config.mitosis_mode == "dense" else None, verbose=verbose)
+        if isinstance(model, MitosRCNN):  # boxes on sub-images; mitosis_mode is the dense CNN's
+            from .mitosis.rcnn import detect_mitoses_rcnn
+
+            res = detect_mitoses_rcnn(slide, model, mask=mask, verbose=verbose)
+            how = "MITOS-RCNN"
+        else:
+            res = detect_mitoses(slide, model, mask=mask, mode=config.mitosis_mode, out=work / "mitosis-prob.zarr" if config.mitosis_mode == "dense" else None, verbose=verbose)
+            how = f"{config.mitosis_mode} mode"
     det = res.detections
     from .models.pretrained import list_pretrained
 
@@ -195,7 +203,11 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
         )
     card = getattr(model, "card", {})
     f1 = (card.get("test_metrics") or {}).get("all", {}).get("f1")
-    fp = ((card.get("detection") or {}).get("test_at_delta") or {}).get("fp_per_mm2_monuseg")
+    at_threshold = (card.get("detection") or {}).get("test_at_delta") or (card.get("detection") or {}).get("test_at_threshold") or {}
+    f1_level = "patch level"
+    if f1 is None and at_threshold.get("f1") is not None:  # the R-CNN's card: detections matched within 8 um
+        f1, f1_level = at_threshold["f1"], "detections within 8 µm"
+    fp = at_threshold.get("fp_per_mm2_monuseg")
     if fp is None or fp > 10:
         rate = "not measured" if fp is None else f"{fp:.0f} false detections per mm²"
         warnings.append(
@@ -204,7 +216,7 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
             "over-estimated. Do not read them as a mitotic count."
         )
     fig = (
-        f"Mitoses ({config.mitosis_model}, {config.mitosis_mode} mode): {len(det)} detections (vermilion rings); "
+        f"Mitoses ({config.mitosis_model}, {how}): {len(det)} detections (vermilion rings); "
         f"hotspot of {2.0:g} mm² (blue circle)",
         img,
     )
@@ -215,7 +227,7 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
         ("mitotic grade (1 / 2 / 3; thresholds 6 and 20)", "n/a" if s["grade"] is None else s["grade"]),
         ("mitoses per 10 HPF (densest area)", "n/a" if s["mitoses_per_10hpf"] is None else f"{s['mitoses_per_10hpf']:.0f} ({s['mitotic_category']})"),
         ("share of detections classified atypical (p >= 0.5)", "n/a" if atypical_share is None else f"{atypical_share:.1%}"),
-        ("detector F1 on held-out patients (patch level)", "n/a" if f1 is None else f"{f1:.3f}"),
+        (f"detector F1 on held-out patients ({f1_level})", "n/a" if f1 is None else f"{f1:.3f}"),
         ("detector false detections per mm² on held-out tumour fields", "n/a" if fp is None else f"{fp:.0f}"),
     ]
     return ("Mitoses", rows, ["measure", "value"]), fig, s

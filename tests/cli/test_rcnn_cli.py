@@ -24,7 +24,7 @@ def run(*args):
 @pytest.mark.shared_data
 def test_train_one_step_then_detect_on_a_real_field(shared, tmp_path):
     data = shared(".")
-    r = run("train", "rcnn", data, "--variant", "conv4", "--width", "0.125", "--epochs", "1", "--iterations", "1", "--batch-size", "2", "--stain-normalize", "none", "--no-eval", "--out", tmp_path / "run", "-q")
+    r = run("train", "rcnn", data, "--variant", "conv4", "--width", "0.125", "--epochs", "1", "--iterations", "1", "--batch-size", "2", "--monuseg-fraction", "0.5", "--stain-normalize", "none", "--no-eval", "--out", tmp_path / "run", "-q")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "best.pt").is_file() and "no evaluation" in r.output
     field = sorted((data / "monuseg" / "images").glob("*.png"))[0]
@@ -42,6 +42,11 @@ def test_train_one_step_then_detect_on_a_real_field(shared, tmp_path):
 def test_wrong_variant_is_one_clear_error(tmp_path):
     r = run("train", "rcnn", tmp_path, "--variant", "conv6")
     assert r.exit_code == 2 and "Invalid value for '--variant': 'conv6' is not one of 'conv5', 'conv4', 'cascade'" in r.output
+
+
+def test_monuseg_fraction_must_leave_room_for_mitoses(tmp_path):
+    r = run("train", "rcnn", tmp_path, "--monuseg-fraction", "1")
+    assert r.exit_code == 2 and "--monuseg-fraction" in r.output and "0<=x<1" in r.output
 
 
 def test_missing_or_wrong_data_folder(tmp_path):

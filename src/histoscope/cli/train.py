@@ -189,7 +189,8 @@ def evaluate_tissue_cmd(data, preset, label_column, group_column, annotation_col
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True, help="VGG-16 channel multiplier (1: the original).")
 @click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Steps per epoch (default: one pass over the training crops).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per step (a quarter MoNuSeg sub-images).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per step (--monuseg-fraction of them MoNuSeg sub-images).")
+@click.option("--monuseg-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True, help="Share of each batch drawn from the mitosis-free MoNuSeg sub-images (negatives).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True, help="SGD learning rate (momentum 0.9, weight decay 5e-4).")
 @click.option("--box-um", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True, help="Side of the box drawn around each mitosis centroid (microns).")
 @click.option("--stain-normalize", "stain_norm", type=click.Choice(["macenko", "none"]), default="macenko", show_default=True)
@@ -199,7 +200,7 @@ def evaluate_tissue_cmd(data, preset, label_column, group_column, annotation_col
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="histoscope-rcnn", show_default=True)
 @seed
 @quiet
-def train_rcnn_cmd(data, variant, width, epochs, iterations, batch_size, lr, box_um, stain_norm, do_eval, device, export_path, out, seed, quiet):
+def train_rcnn_cmd(data, variant, width, epochs, iterations, batch_size, monuseg_fraction, lr, box_um, stain_norm, do_eval, device, export_path, out, seed, quiet):
     """Train MITOS-RCNN on DATA (the shared data folder: mitosis/amibr_128 + monuseg).
 
     Boxes of --box-um around the AMi-Br mitoses (random 96 px windows, rotations, Macenko),
@@ -210,7 +211,7 @@ def train_rcnn_cmd(data, variant, width, epochs, iterations, batch_size, lr, box
     from ..train.rcnn import RcnnTrainConfig, select_threshold, train_rcnn
 
     try:
-        cfg = RcnnTrainConfig(variant=variant, width=width, epochs=epochs, iterations=iterations, batch_size=batch_size, lr=lr, box_um=box_um, stain=None if stain_norm == "none" else stain_norm, seed=seed, device=device)
+        cfg = RcnnTrainConfig(variant=variant, width=width, epochs=epochs, iterations=iterations, batch_size=batch_size, monuseg_fraction=monuseg_fraction, lr=lr, box_um=box_um, stain=None if stain_norm == "none" else stain_norm, seed=seed, device=device)
         d = mitosis_samples(data, seed=seed)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
@@ -259,7 +260,7 @@ def train_rcnn_cmd(data, variant, width, epochs, iterations, batch_size, lr, box
             "## Training",
             f"- Command: `{command}`",
             f"- Seed {seed}; variant {variant}, VGG-16 width {width}, {n_params:,} parameters; SGD lr {lr}, momentum 0.9, weight decay 5e-4,"
-            f" {epochs} epochs ({f'{iterations} steps' if iterations else 'one pass over the training crops'} each) of {batch_size}-image batches; eq. 2 with lambda 10; best epoch {res['best_epoch']} by validation F1.",
+            f" {epochs} epochs ({f'{iterations} steps' if iterations else 'one pass over the training crops'} each) of {batch_size}-image batches ({round(batch_size * monuseg_fraction)} of them MoNuSeg); eq. 2 with lambda 10; best epoch {res['best_epoch']} by validation F1.",
         ]
         if do_eval:
             r = detection["test_at_threshold"]
