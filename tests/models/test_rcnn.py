@@ -173,10 +173,19 @@ def test_checkpoint_and_bundle_round_trip(tmp_path, monkeypatch):
     for k, v in m.state_dict().items():
         if v.is_floating_point():
             assert torch.allclose(loaded.state_dict()[k], v.half().float())
+    # the exported file by its path (what `train rcnn --export F` then `detect --model F` does)
+    by_path = pre.resolve_model(tmp_path / "weights" / "toy_rcnn.pt")
+    assert isinstance(by_path, MitosRCNN) and by_path.card["detection_threshold"] == 0.6
+    assert all(torch.equal(by_path.state_dict()[k], v) for k, v in loaded.state_dict().items())
     with open(tmp_path / "weights" / "toy_rcnn.pt", "ab") as fh:
         fh.write(b"x")
     with pytest.raises(ValueError, match="does not match its model card"):
         pre.load_pretrained("toy_rcnn")
+    with pytest.raises(ValueError, match=r"toy_rcnn\.pt: checksum .* does not match its model card"):
+        pre.resolve_model(tmp_path / "weights" / "toy_rcnn.pt")
+    (tmp_path / "weights" / "toy_rcnn.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"toy_rcnn\.json: not a readable model card for toy_rcnn\.pt"):
+        pre.resolve_model(tmp_path / "weights" / "toy_rcnn.pt")
 
 
 def test_cuda_when_asked():

@@ -248,6 +248,8 @@ def train_rcnn_cmd(data, variant, width, epochs, iterations, batch_size, monuseg
 
         command = " ".join(["histoscope", *sys.argv[1:]])
         n_params = sum(p.numel() for p in model.parameters())
+        per_epoch = "" if iterations else f"; one pass over the {res['positives']:,} training crops per epoch"
+        kept = f"best epoch {res['best_epoch']} by validation F1" if do_eval else "the last epoch (no validation)"
         lines = [
             "## Data",
             f"- `{data}`: MITOS-BOXES = {box_um:g} um boxes around the AMi-Br mitoses (128 px crops, MIDOG21 + TUPAC16, ~0.25 um/px), random"
@@ -260,7 +262,8 @@ def train_rcnn_cmd(data, variant, width, epochs, iterations, batch_size, monuseg
             "## Training",
             f"- Command: `{command}`",
             f"- Seed {seed}; variant {variant}, VGG-16 width {width}, {n_params:,} parameters; SGD lr {lr}, momentum 0.9, weight decay 5e-4,"
-            f" {epochs} epochs ({f'{iterations} steps' if iterations else 'one pass over the training crops'} each) of {batch_size}-image batches ({round(batch_size * monuseg_fraction)} of them MoNuSeg); eq. 2 with lambda 10; best epoch {res['best_epoch']} by validation F1.",
+            f" {epochs} epochs of {res['steps_per_epoch']} steps x {batch_size} images ({round(batch_size * monuseg_fraction)} of them MoNuSeg sub-images, drawn at random from"
+            f" {res['negatives']}{per_epoch}; {cfg.warmup}-step warm-up, lr x 0.1 for the last quarter of the epochs); eq. 2 with lambda 10; {kept}.",
         ]
         if do_eval:
             r = detection["test_at_threshold"]

@@ -17,7 +17,7 @@ import torch
 
 from .registry import ModelConfig, create_model, file_sha256
 
-__all__ = ["BUNDLED", "list_pretrained", "load_pretrained", "resolve_model", "export_bundle", "pretrained_card", "render_card"]
+__all__ = ["BUNDLED", "list_pretrained", "load_pretrained", "resolve_model", "load_bundle", "export_bundle", "pretrained_card", "render_card"]
 
 BUNDLED = Path(__file__).resolve().parent / "weights"
 
@@ -43,12 +43,30 @@ def load_pretrained(name: str, *, device: str = "cpu") -> torch.nn.Module:
     ValueError
         Unknown name (lists the bundled ones) or weights whose checksum does not match the card.
     """
-    card = pretrained_card(name)
-    weights = BUNDLED / f"{name}.pt"
+    pretrained_card(name)  # names the bundled ones when ``name`` is not
+    return load_bundle(BUNDLED / f"{name}.pt", device=device)
+
+
+def load_bundle(path: str | os.PathLike[str], *, device: str = "cpu") -> torch.nn.Module:
+    """A model from a bundle on disk (``<name>.pt`` + ``<name>.json``, as :func:`export_bundle`
+    writes), in eval mode, after checking the weights against the card's SHA-256.
+
+    Raises
+    ------
+    ValueError
+        A missing or unreadable card, or weights whose checksum does not match it.
+    """
+    weights = Path(path).with_suffix(".pt")
+    card_path = weights.with_suffix(".json")
+    try:
+        card = json.loads(card_path.read_text())
+        cfg = ModelConfig.from_dict(card["config"])
+        expected = card["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{card_path}: not a readable model card for {weights.name} ({type(exc).__name__}: {exc})") from None
     digest = file_sha256(weights)
-    if digest != card["sha256"]:
-        raise ValueError(f"{weights}: checksum {digest[:12]}... does not match its model card ({card['sha256'][:12]}...)")
-    cfg = ModelConfig.from_dict(card["config"])
+    if digest != expected:
+        raise ValueError(f"{weights}: checksum {digest[:12]}... does not match its model card ({str(expected)[:12]}...)")
     model = create_model(cfg.arch, **cfg.build_kwargs())
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
@@ -57,7 +75,8 @@ def load_pretrained(name: str, *, device: str = "cpu") -> torch.nn.Module:
 
 
 def resolve_model(model: str | os.PathLike[str] | torch.nn.Module, *, device: str = "cpu", trust: bool | None = None) -> torch.nn.Module:
-    """A model in eval mode from a bundled name, a training checkpoint path (``best.pt``) or a module.
+    """A model in eval mode from a bundled name, an exported bundle (``X.pt`` with ``X.json``
+    beside it), a training checkpoint path (``best.pt``) or a module.
 
     Checkpoints are read without running code in them; ``trust`` (or ``--trust-checkpoint``)
     allows a pickled one (see :func:`histoscope.train.engine.read_checkpoint`).
@@ -68,6 +87,8 @@ def resolve_model(model: str | os.PathLike[str] | torch.nn.Module, *, device: st
     if name in list_pretrained():
         return load_pretrained(name, device=device)
     if os.path.isfile(name):
+        if name.endswith(".pt") and Path(name).with_suffix(".json").is_file():  # an exported bundle
+            return load_bundle(name, device=device)
         from ..train.engine import load_checkpoint
 
         return load_checkpoint(name, device=device, trust=trust)

@@ -223,4 +223,7 @@ def train_rcnn(data: MitosisData, config: RcnnTrainConfig, out_dir: str | os.Pat
                 + f" | {row['seconds']:.0f} s"
             )
     model.load_state_dict(read_checkpoint(best_path, map_location=device)["model"])
-    return {"model": model.eval(), "history": pd.DataFrame(history), "best_epoch": best[1] if best else 0, "best_path": best_path, "val": best_val}
+    return {
+        "model": model.eval(), "history": pd.DataFrame(history), "best_epoch": best[1] if best else 0, "best_path": best_path, "val": best_val,
+        "steps_per_epoch": len(_batches(len(pos), len(neg), config, 0)), "positives": len(pos), "negatives": len(neg),
+    }  # fmt: skip
