@@ -162,7 +162,7 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
     from PIL import Image
 
     from .mitosis.detect import detect_mitoses
-    from .models.pretrained import load_pretrained
+    from .models.pretrained import list_pretrained, load_pretrained
     from .models.rcnn import MitosRCNN
     from .report import circle_feature, draw_detections, points_feature_collection, write_geojson
 
@@ -177,8 +177,6 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
             res = detect_mitoses(slide, model, mask=mask, mode=config.mitosis_mode, out=work / "mitosis-prob.zarr" if config.mitosis_mode == "dense" else None, verbose=verbose)
             how = f"{config.mitosis_mode} mode"
     det = res.detections
-    from .models.pretrained import list_pretrained
-
     atypical_share = None
     if ATYPICAL_MODEL in list_pretrained() and len(det):
         with timer.stage("atypical mitoses"):
@@ -203,7 +201,8 @@ def _mitosis_stage(slide: Any, mask: Any, thumb: np.ndarray, work: Path, config:
         )
     card = getattr(model, "card", {})
     f1 = (card.get("test_metrics") or {}).get("all", {}).get("f1")
-    at_threshold = (card.get("detection") or {}).get("test_at_delta") or (card.get("detection") or {}).get("test_at_threshold") or {}
+    detection = card.get("detection") or {}
+    at_threshold = detection.get("test_at_delta") or detection.get("test_at_threshold") or {}  # dense CNN's card / the R-CNN's
     f1_level = "patch level"
     if f1 is None and at_threshold.get("f1") is not None:  # the R-CNN's card: detections matched within 8 um
         f1, f1_level = at_threshold["f1"], "detections within 8 µm"

@@ -24,9 +24,11 @@ def run(*args):
 @pytest.mark.shared_data
 def test_train_one_step_then_detect_on_a_real_field(shared, tmp_path):
     data = shared(".")
-    r = run("train", "rcnn", data, "--variant", "conv4", "--width", "0.125", "--epochs", "1", "--iterations", "1", "--batch-size", "2", "--monuseg-fraction", "0.5", "--stain-normalize", "none", "--no-eval", "--out", tmp_path / "run", "-q")
+    r = run("train", "rcnn", data, "--variant", "conv4", "--width", "0.125", "--epochs", "1", "--iterations", "1", "--batch-size", "2", "--monuseg-fraction", "0.5", "--stain-normalize", "none", "--no-eval", "--out", tmp_path / "run", "--export", tmp_path / "bundle" / "mine.pt", "-q")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "best.pt").is_file() and "no evaluation" in r.output
+    card = (tmp_path / "bundle" / "mine.md").read_text()
+    assert "1 epochs of 1 steps x 2 images (1 of them MoNuSeg sub-images" in card and "the last epoch (no validation)" in card
     field = sorted((data / "monuseg" / "images").glob("*.png"))[0]
     r = run("detect", "mitosis", field, "--detector", "rcnn", "--model", tmp_path / "run" / "best.pt", "--slide-mpp", "0.25", "--detection-threshold", "0", "--out", tmp_path / "det", "-q")
     assert r.exit_code == 0, r.output

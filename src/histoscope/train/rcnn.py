@@ -225,5 +225,5 @@ def train_rcnn(data: MitosisData, config: RcnnTrainConfig, out_dir: str | os.Pat
     model.load_state_dict(read_checkpoint(best_path, map_location=device)["model"])
     return {
         "model": model.eval(), "history": pd.DataFrame(history), "best_epoch": best[1] if best else 0, "best_path": best_path, "val": best_val,
-        "steps_per_epoch": len(_batches(len(pos), len(neg), config, 0)), "positives": len(pos), "negatives": len(neg),
+        "steps_per_epoch": len(batches), "positives": len(pos), "negatives": len(neg),  # steps: the same every epoch
     }  # fmt: skip
